@@ -1,0 +1,41 @@
+# Two commands from a fresh clone: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+# Reuse a torch that is already installed (e.g. a CUDA build):
+#   make install VENV_ARGS=--system-site-packages
+VENV_ARGS ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# A bare `torch` requirement would pull the CUDA build (gigabytes); take the
+	# CPU wheel first unless a torch is already importable.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest
+
+demo: install
+	$(BIN)/flashscenic demo
+
+# The references live in their own venv: flashscenic 0.2.0 has our package name.
+REF := .venv-ref
+$(REF)/.installed:
+	test -x $(REF)/bin/python || $(PYTHON) -m venv $(REF)
+	$(REF)/bin/python -c "import torch" 2>/dev/null || $(REF)/bin/python -m pip install -q torch==2.13.0
+	$(REF)/bin/python -m pip install -q flashscenic==0.2.0 pyscenic==0.12.1 ctxcore==0.2.0 "setuptools<81"
+	touch $@
+
+bench: install $(REF)/.installed
+	$(BIN)/python benchmarks/aucell.py --ref-python $(REF)/bin/python
+
+clean:
+	rm -rf $(VENV) .venv-ref build *.egg-info .pytest_cache

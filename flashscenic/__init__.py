@@ -1,0 +1,34 @@
+"""flashscenic: SCENIC with pySCENIC's numbers, on a GPU, a CPU or a Dask cluster.
+
+``import flashscenic`` stays light: each public name is imported from its module on first
+use, so torch is loaded only when a kernel is needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("flashscenic")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+# public name -> module that defines it
+_API = {
+    "get_aucell": "aucell",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'flashscenic' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

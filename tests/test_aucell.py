@@ -1,0 +1,342 @@
+"""AUCell equals pySCENIC's aucell, measured on many random inputs with heavy ties."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from flashscenic import get_aucell
+from flashscenic.aucell import rank_cutoff
+from pyscenic_oracle import pyscenic_aucell
+
+TOL = 1e-6
+N_RANDOM_CASES = 48
+
+
+def random_case(case: int):
+    """A random expression matrix, regulon matrix, threshold and seed.
+
+    The styles cover what users feed AUCell: log1p negative-binomial counts (most values
+    tie), integer counts, z-scored data (negative values, -0.0 next to 0.0), float32 and
+    float64, with whole genes at zero; regulons of 1 to 1000 genes, binary or weighted.
+    """
+    rng = np.random.default_rng(1000 + case)
+    style = case % 4
+    n_cells = int(rng.integers(15, 80))
+    n_genes = int(rng.integers(40, 1300)) if case % 6 else 1100  # room for 1000-gene regulons
+    counts = rng.negative_binomial(n=rng.uniform(0.3, 3), p=rng.uniform(0.2, 0.8), size=(n_cells, n_genes))
+    counts[:, rng.random(n_genes) < 0.15] = 0  # all-zero genes
+    if style == 0:
+        x = np.log1p(counts).astype(np.float32)
+    elif style == 1:
+        logged = np.log1p(counts).astype(np.float64)
+        x = (logged - logged.mean(axis=0)) / np.where(logged.std(axis=0) > 0, logged.std(axis=0), 1.0)
+        x = np.round(x, 1)  # keep ties among negative values; rounding yields some -0.0
+        x[rng.random(x.shape) < 0.05] = -0.0
+    elif style == 2:
+        x = np.log1p(counts).astype(np.float64)
+    else:
+        x = counts.astype(np.int64)
+
+    n_regulons = int(rng.integers(1, 20))
+    max_size = min(1000, n_genes)
+    sizes = rng.integers(1, max_size + 1, size=n_regulons)
+    sizes[0] = 1
+    if n_regulons > 1:
+        sizes[1] = max_size
+    w = np.zeros((n_regulons, n_genes), dtype=np.float32)
+    for i, size in enumerate(sizes):
+        genes = rng.choice(n_genes, size=size, replace=False)
+        w[i, genes] = 1.0 if rng.random() < 0.5 else rng.uniform(0.01, 3.0, size).astype(np.float32)
+    # auc_threshold anywhere in (0, 0.5], keeping at least one ranked gene (K >= 1)
+    threshold = float(rng.uniform(0.6 / n_genes, 0.5))
+    seed = int(rng.integers(0, 2**31 - 1))
+    return x, w, threshold, seed
+
+
+@pytest.mark.parametrize("case", range(N_RANDOM_CASES))
+def test_equals_pyscenic_on_random_inputs(case):
+    x, w, threshold, seed = random_case(case)
+    expected = pyscenic_aucell(x, w, threshold, seed)
+    batch_size = [1, 7, 32, 1000][case % 4]
+    got = get_aucell(x, w, k=None, auc_threshold=threshold, device="cpu", batch_size=batch_size, seed=seed)
+    assert got.shape == expected.shape
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=0, atol=TOL)
+    assert np.abs(expected).max() > 0 or rank_cutoff(threshold, x.shape[1]) == 0
+
+
+@pytest.mark.parametrize(
+    "threshold",
+    [
+        pytest.param(0.05, id="default"),
+        pytest.param(0.5, id="half"),
+        pytest.param(0.0125, id="round-half-even"),  # 0.0125 * 200 = 2.5 -> K = 2
+        pytest.param(0.003, id="single-gene"),  # K = 1, c = 0: every AUC is 0
+    ],
+)
+def test_threshold_edges_equal_pyscenic(threshold):
+    x, w, _, _ = random_case(3)
+    x, w = x[:, :200], w[:, :200]
+    w[w.sum(axis=1) == 0, 0] = 1.0
+    expected = pyscenic_aucell(x, w, threshold, seed=5)
+    got = get_aucell(x, w, k=None, auc_threshold=threshold, device="cpu", seed=5)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=TOL)
+
+
+def counts_case(n_cells=40, n_genes=300, n_regulons=12, seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.log1p(rng.negative_binomial(1, 0.4, size=(n_cells, n_genes))).astype(np.float32)
+    w = np.zeros((n_regulons, n_genes), dtype=np.float32)
+    for i in range(n_regulons):
+        size = int(rng.integers(5, 120))
+        w[i, rng.choice(n_genes, size, replace=False)] = rng.uniform(0.1, 2.0, size)
+    return x, w
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [
+        pytest.param(lambda x: x, id="numpy"),
+        pytest.param(sp.csr_matrix, id="scipy-csr"),
+        pytest.param(sp.csr_array, id="scipy-csr-array"),
+        pytest.param(sp.csc_matrix, id="scipy-csc"),
+        pytest.param(torch.from_numpy, id="torch"),
+        pytest.param(lambda x: torch.from_numpy(x.astype(np.float64)), id="torch-float64"),
+    ],
+)
+def test_input_types_give_pyscenic_result(convert):
+    x, w = counts_case()
+    expected = pyscenic_aucell(x, w, 0.05, seed=11)
+    got = get_aucell(convert(x), w, k=None, device="cpu", seed=11, batch_size=9)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("convert_w", [sp.csr_matrix, torch.from_numpy], ids=["scipy", "torch"])
+def test_regulon_matrix_types(convert_w):
+    x, w = counts_case(seed=1)
+    np.testing.assert_array_equal(
+        get_aucell(x, convert_w(w), k=None, device="cpu", seed=2),
+        get_aucell(x, w, k=None, device="cpu", seed=2),
+    )
+
+
+def test_sparse_input_is_densified_one_batch_at_a_time():
+    x, w = counts_case(n_cells=50)
+    batch_size = 8
+
+    class WatchedCSR(sp.csr_matrix):
+        def toarray(self, *args, **kwargs):
+            assert self.shape[0] <= batch_size, f"densified {self.shape[0]} rows at once"
+            return super().toarray(*args, **kwargs)
+
+    got = get_aucell(WatchedCSR(x), w, k=None, device="cpu", seed=3, batch_size=batch_size)
+    np.testing.assert_array_equal(got, get_aucell(x, w, k=None, device="cpu", seed=3))
+
+
+def test_batch_size_never_changes_the_result():
+    x, w = counts_case(n_cells=61)
+    results = [get_aucell(x, w, device="cpu", seed=4, batch_size=b) for b in (1, 5, 16, 61, 500)]
+    for other in results[1:]:
+        np.testing.assert_allclose(other, results[0], rtol=0, atol=1e-7)
+
+
+def cap_reference(w: np.ndarray, k: int) -> np.ndarray:
+    """The k largest weights of each row, ties to the lower gene index (written independently)."""
+    capped = np.zeros_like(w)
+    for i, row in enumerate(w):
+        nonzero = np.flatnonzero(row)
+        if nonzero.size <= k:
+            capped[i] = row
+            continue
+        ranked = sorted(nonzero, key=lambda j: (-row[j], j))[:k]
+        capped[i, ranked] = row[ranked]
+    return capped
+
+
+@pytest.mark.parametrize("k", [1, 10, 50, 119])
+def test_k_caps_large_regulons_like_pyscenic_on_capped_signatures(k):
+    x, w = counts_case(seed=6)
+    w[0, :80] = 1.0  # many tied weights: the cap must keep the lowest gene indices
+    w[1] = 0.0
+    w[1, [3, 4, 5]] = [0.5, 2.0, 0.5]
+    expected = pyscenic_aucell(x, cap_reference(w, k), 0.05, seed=8)
+    got = get_aucell(x, w, k=k, device="cpu", seed=8)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=TOL)
+
+
+def test_k_never_pads():
+    x, w = counts_case(seed=7)
+    largest = int((w != 0).sum(axis=1).max())
+    uncapped = get_aucell(x, w, k=None, device="cpu", seed=1)
+    for k in (largest, largest + 1, 10_000):
+        np.testing.assert_array_equal(get_aucell(x, w, k=k, device="cpu", seed=1), uncapped)
+
+
+def test_empty_regulon_scores_zero():
+    x, w = counts_case(seed=9)
+    w[2] = 0.0
+    got = get_aucell(x, w, k=None, device="cpu", seed=0)
+    assert np.all(got[:, 2] == 0)
+    keep = np.arange(w.shape[0]) != 2
+    np.testing.assert_allclose(got[:, keep], pyscenic_aucell(x, w[keep], 0.05, 0), rtol=0, atol=TOL)
+
+
+def test_seed_none_draws_a_valid_permutation():
+    x, w = counts_case(seed=10)
+    got = get_aucell(x, w, device="cpu", seed=None)
+    assert got.shape == (x.shape[0], w.shape[0])
+    assert np.all((got >= 0) & (got <= 1))
+
+
+# ---------------------------------------------------------------- ties='average'
+
+
+def brute_force_average(x: np.ndarray, w: np.ndarray, threshold: float) -> np.ndarray:
+    """Mean AUC over every gene permutation (pySCENIC's tie-breaking), straight from the spec."""
+    n_genes = x.shape[1]
+    c = int(round(threshold * n_genes)) - 1
+    total = np.zeros((x.shape[0], w.shape[0]))
+    perms = list(itertools.permutations(range(n_genes)))
+    for perm in perms:
+        perm = np.array(perm)
+        order = np.argsort(-x[:, perm], axis=1, kind="stable")
+        ranks = np.empty_like(order)
+        np.put_along_axis(ranks, order, np.arange(n_genes)[None, :].repeat(x.shape[0], 0), axis=1)
+        rank_of_gene = np.empty_like(ranks)
+        rank_of_gene[:, perm] = ranks
+        score = np.maximum(0, c - rank_of_gene)
+        total += score @ w.T / ((c + 1) * w.sum(axis=1))
+    return total / len(perms)
+
+
+def test_average_ties_is_the_exact_expectation():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, size=(12, 7)).astype(np.float32)  # 7 genes, 3 values: ties everywhere
+    x[0] = 0.0  # one cell with a single tie group
+    w = np.array([[1, 1, 0, 0, 1, 0, 0], [0.5, 0, 2, 0, 0, 1, 1], [0, 0, 0, 0, 0, 0, 3]], dtype=np.float32)
+    for threshold in (0.3, 0.5, 0.8):
+        got = get_aucell(x, w, k=None, auc_threshold=threshold, device="cpu", ties="average")
+        np.testing.assert_allclose(got, brute_force_average(x, w, threshold), rtol=0, atol=1e-6)
+
+
+def test_average_ties_matches_the_mean_of_seeded_pyscenic_runs():
+    x, w = counts_case(n_cells=10, n_genes=120, n_regulons=5, seed=12)
+    runs = np.stack([pyscenic_aucell(x, w, 0.1, seed=s) for s in range(300)])
+    mean, sem = runs.mean(axis=0), runs.std(axis=0) / np.sqrt(len(runs))
+    got = get_aucell(x, w, k=None, auc_threshold=0.1, device="cpu", ties="average")
+    assert np.all(np.abs(got - mean) <= 5 * sem + TOL)
+    assert sem.max() > 0  # ties really did move the seeded results
+
+
+def test_average_ties_without_ties_equals_pyscenic():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(30, 200))  # continuous: no ties, so the seed cannot matter
+    _, w = counts_case(n_genes=200, seed=3)
+    got = get_aucell(x, w, k=None, device="cpu", ties="average")
+    np.testing.assert_allclose(got, pyscenic_aucell(x, w, 0.05, seed=0), rtol=0, atol=TOL)
+
+
+def test_average_ties_is_seed_free_and_batch_free():
+    x, w = counts_case(seed=13)
+    a = get_aucell(x, w, device="cpu", ties="average", seed=1, batch_size=3)
+    b = get_aucell(sp.csr_matrix(x), w, device="cpu", ties="average", seed=2, batch_size=40)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-7)
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("convert", [lambda x: x, sp.csr_matrix, torch.from_numpy], ids=["numpy", "csr", "torch"])
+def test_non_finite_expression_names_its_location(bad, convert):
+    x, w = counts_case()
+    x[17, 123] = bad
+    with pytest.raises(ValueError, match=r"1 NaN or infinite value.*cell 17, gene 123"):
+        get_aucell(convert(x), w, device="cpu")
+
+
+def test_non_finite_weight_names_its_location():
+    x, w = counts_case()
+    w[3, 7] = np.nan
+    with pytest.raises(ValueError, match=r"adj_array contains 1 NaN.*regulon 3, gene 7"):
+        get_aucell(x, w, device="cpu")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        pytest.param({"auc_threshold": 0.0}, r"auc_threshold must be in \(0, 1\)", id="threshold-0"),
+        pytest.param({"auc_threshold": 1.0}, r"auc_threshold must be in \(0, 1\)", id="threshold-1"),
+        pytest.param({"auc_threshold": -0.2}, r"auc_threshold must be in \(0, 1\)", id="threshold-negative"),
+        pytest.param({"auc_threshold": 0.001}, r"selects 0 of 300 genes", id="threshold-selects-none"),
+        pytest.param({"auc_threshold": 0.999}, r"selects 300 of 300 genes", id="threshold-selects-all"),
+        pytest.param({"batch_size": 0}, r"batch_size must be a positive integer", id="batch-size"),
+        pytest.param({"k": 0}, r"k must be a positive integer or None", id="k"),
+        pytest.param({"ties": "random"}, r"ties='random' is not one of", id="ties"),
+        pytest.param({"device": "tpu"}, r"device='tpu'", id="device"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    x, w = counts_case()
+    with pytest.raises(ValueError, match=message):
+        get_aucell(x, w, **{"device": "cpu", **kwargs})
+
+
+def test_shape_mismatch():
+    x, w = counts_case()
+    with pytest.raises(ValueError, match=r"adj_array has 299 gene columns but exp_array has 300"):
+        get_aucell(x, w[:, :299], device="cpu")
+
+
+def test_empty_regulon_matrix():
+    x, w = counts_case()
+    with pytest.raises(ValueError, match=r"no regulons"):
+        get_aucell(x, w[:0], device="cpu")
+
+
+def test_negative_weights():
+    x, w = counts_case()
+    w[4, 9] = -0.5
+    with pytest.raises(ValueError, match=r"negative weight.*regulon 4, gene 9"):
+        get_aucell(x, w, device="cpu")
+
+
+def test_expression_must_be_a_matrix():
+    _, w = counts_case()
+    with pytest.raises(ValueError, match=r"must be 2-D"):
+        get_aucell(np.zeros(300), w, device="cpu")
+    with pytest.raises(ValueError, match=r"expected real numbers"):
+        get_aucell(np.full((3, 300), "a"), w, device="cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback on machines without CUDA")
+def test_cuda_without_cuda_warns_once_and_runs_on_cpu(monkeypatch):
+    import flashscenic._device as device
+
+    monkeypatch.setattr(device, "_warned_no_cuda", False)
+    x, w = counts_case()
+    with pytest.warns(UserWarning, match="CUDA is not available"):
+        got = get_aucell(x, w, device="cuda", seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        get_aucell(x, w, device="cuda", seed=0)
+    np.testing.assert_array_equal(got, get_aucell(x, w, device="cpu", seed=0))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("ties", ["pyscenic", "average"])
+@pytest.mark.parametrize("case", range(8))
+def test_cuda_equals_pyscenic(case, ties):
+    x, w, threshold, seed = random_case(case)
+    got = get_aucell(x, w, k=None, auc_threshold=threshold, device="cuda", seed=seed, ties=ties, batch_size=64)
+    cpu = get_aucell(x, w, k=None, auc_threshold=threshold, device="cpu", seed=seed, ties=ties)
+    np.testing.assert_allclose(got, cpu, rtol=0, atol=TOL)
+    if ties == "pyscenic":
+        np.testing.assert_allclose(got, pyscenic_aucell(x, w, threshold, seed), rtol=0, atol=TOL)
