@@ -21,6 +21,7 @@ uniformly random tie-breaking, in closed form, without a seed (see ``_average_sc
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -107,24 +108,22 @@ def get_aucell(
     if c == 0 or n_cells == 0:
         return out  # no gene ranks below the cutoff: every AUC is 0, as in pySCENIC
 
-    # Score in float64 so the result matches pySCENIC's float64 arithmetic to ~1e-12.
+    # Weights in float64 so the result matches pySCENIC's float64 arithmetic to ~1e-12.
     norm = (c + 1) * weights.sum(axis=1)
     norm[norm == 0] = 1.0  # an empty regulon scores 0, not NaN
     weights_t = torch.from_numpy(np.ascontiguousarray((weights / norm[:, None]).T)).to(dev)
     if ties == "pyscenic":
-        perm = torch.from_numpy(np.random.RandomState(seed).permutation(n_genes)).to(dev)
-        score = lambda x: _pyscenic_scores(x, perm, c)  # noqa: E731
+        tie_order = _TieOrder(np.random.RandomState(seed).permutation(n_genes), dev)
+        score = lambda x: _rank_product(tie_order.top_genes(x, c), n_genes, weights_t)  # noqa: E731
     else:
-        score = lambda x: _average_scores(x, c)  # noqa: E731
+        score = lambda x: _average_scores(x, c) @ weights_t  # noqa: E731
 
     starts = range(0, n_cells, batch_size)
     bar = tqdm(starts, desc="AUCell", unit="batch", disable=None if verbose and len(starts) > 1 else True)
     with torch.inference_mode():
         for start in bar:
             stop = min(start + batch_size, n_cells)
-            x = expr.rows(start, stop, dev)
-            auc = score(x) @ weights_t
-            out[start:stop] = auc.to("cpu", torch.float32).numpy()
+            out[start:stop] = score(expr.rows(start, stop, dev)).to("cpu", torch.float32).numpy()
     return out
 
 
@@ -148,27 +147,60 @@ def rank_cutoff(auc_threshold: float, n_genes: int) -> int:
     return n_top - 1
 
 
-def _pyscenic_scores(x: torch.Tensor, perm: torch.Tensor, c: int) -> torch.Tensor:
-    """S[cell, gene] = max(0, c - rank) with pySCENIC's tie order (float64, batch x genes).
+class _TieOrder:
+    """pySCENIC's ranking: descending value, ties to the gene that comes first in ``perm``.
 
-    In the permuted column order a stable descending sort is pySCENIC's ranking. Only the
-    c best genes matter, so: the c-th largest value v; every gene above v is in; of the
-    genes equal to v, the first ones in permuted order fill the remaining places; a stable
-    sort of those c genes gives their ranks.
+    ``perm`` is the column shuffle pySCENIC applies before ``rank(method='first')``.
     """
-    n_cells = x.shape[0]
-    xp = x[:, perm]
-    v = torch.topk(xp, c, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
-    above = xp > v
-    at = xp == v
-    places_left = c - above.sum(dim=1, keepdim=True)
-    chosen = above | (at & (at.cumsum(dim=1) <= places_left))
-    pos = chosen.nonzero()[:, 1].view(n_cells, c)  # ascending permuted positions
-    order = torch.sort(xp.gather(1, pos), dim=1, descending=True, stable=True).indices
-    genes = perm[pos.gather(1, order)]  # gene of rank 0, 1, ..., c-1
-    contribution = torch.arange(c, 0, -1, device=x.device, dtype=torch.float64)
-    s = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
-    return s.scatter_(1, genes, contribution.expand(n_cells, c))
+
+    def __init__(self, perm: np.ndarray, device: torch.device):
+        position = np.empty_like(perm)
+        position[perm] = np.arange(perm.size)
+        self.perm = torch.from_numpy(perm).to(device)
+        # Larger is better in a top-k, so an earlier position gets a larger tie-breaker.
+        self.tie_breaker = torch.from_numpy((2**32 - 1 - position).astype(np.int64)).to(device)
+
+    def top_genes(self, x: torch.Tensor, c: int) -> torch.Tensor:
+        """Genes of rank 0, 1, ..., c-1 in each row of ``x`` (batch x c)."""
+        if x.dtype == torch.float32:
+            return self._top_genes_float32(x, c)
+        return self._top_genes_general(x, c)
+
+    def _top_genes_float32(self, x: torch.Tensor, c: int) -> torch.Tensor:
+        # float32 bits, made order-preserving as int32, then the tie-breaker in the low 32
+        # bits: every key is distinct and one top-k gives the exact ranking.
+        bits = x.view(torch.int32)
+        ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
+        return torch.topk((ordered << 32) | self.tie_breaker, c, dim=1, sorted=True).indices
+
+    def _top_genes_general(self, x: torch.Tensor, c: int) -> torch.Tensor:
+        # Any dtype: in permuted column order a stable descending sort is the ranking. Take
+        # the c-th largest value v; all genes above v are in; of those equal to v, the first
+        # in permuted order fill the remaining places; a stable sort of the c orders them.
+        xp = x[:, self.perm]
+        v = torch.topk(xp, c, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
+        above, at = xp > v, xp == v
+        places_left = c - above.sum(dim=1, keepdim=True)
+        chosen = above | (at & (at.cumsum(dim=1) <= places_left))
+        position = chosen.nonzero()[:, 1].view(x.shape[0], c)  # ascending in each row
+        order = torch.sort(xp.gather(1, position), dim=1, descending=True, stable=True).indices
+        return self.perm[position.gather(1, order)]
+
+
+def _rank_product(genes: torch.Tensor, n_genes: int, weights_t: torch.Tensor) -> torch.Tensor:
+    """S @ weights_t, with S[cell, gene of rank r] = c - r held as a CSR matrix (c non-zeros a row)."""
+    n_cells, c = genes.shape
+    contribution = torch.arange(c, 0, -1, device=genes.device, dtype=weights_t.dtype)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        s = torch.sparse_csr_tensor(
+            torch.arange(0, n_cells * c + 1, c, device=genes.device),
+            genes.reshape(-1),
+            contribution.repeat(n_cells),
+            size=(n_cells, n_genes),
+            check_invariants=False,
+        )
+    return s @ weights_t
 
 
 def _average_scores(x: torch.Tensor, c: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ from flashscenic.aucell import rank_cutoff
 from pyscenic_oracle import pyscenic_aucell
 
 TOL = 1e-6
-N_RANDOM_CASES = 48
+N_RANDOM_CASES = 50
 
 
 def random_case(case: int):
@@ -26,18 +26,19 @@ def random_case(case: int):
     float64, with whole genes at zero; regulons of 1 to 1000 genes, binary or weighted.
     """
     rng = np.random.default_rng(1000 + case)
-    style = case % 4
+    style = case % 5
     n_cells = int(rng.integers(15, 80))
     n_genes = int(rng.integers(40, 1300)) if case % 6 else 1100  # room for 1000-gene regulons
     counts = rng.negative_binomial(n=rng.uniform(0.3, 3), p=rng.uniform(0.2, 0.8), size=(n_cells, n_genes))
     counts[:, rng.random(n_genes) < 0.15] = 0  # all-zero genes
     if style == 0:
         x = np.log1p(counts).astype(np.float32)
-    elif style == 1:
+    elif style in (1, 4):
         logged = np.log1p(counts).astype(np.float64)
         x = (logged - logged.mean(axis=0)) / np.where(logged.std(axis=0) > 0, logged.std(axis=0), 1.0)
         x = np.round(x, 1)  # keep ties among negative values; rounding yields some -0.0
         x[rng.random(x.shape) < 0.05] = -0.0
+        x = x.astype(np.float32 if style == 4 else np.float64)
     elif style == 2:
         x = np.log1p(counts).astype(np.float64)
     else:
@@ -87,6 +88,17 @@ def test_threshold_edges_equal_pyscenic(threshold):
     expected = pyscenic_aucell(x, w, threshold, seed=5)
     got = get_aucell(x, w, k=None, auc_threshold=threshold, device="cpu", seed=5)
     np.testing.assert_allclose(got, expected, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_negative_values_rank_like_pyscenic(dtype):
+    """Top ranks made of negative values (and -0.0 next to 0.0), where float bit tricks go wrong."""
+    x, w = counts_case(seed=14)
+    x = -1.0 - x.astype(dtype)  # every value negative, with ties
+    x[:, :5] = 0.0
+    x[::2, 5:10] = -0.0
+    expected = pyscenic_aucell(x, w, 0.3, seed=15)
+    np.testing.assert_allclose(get_aucell(x, w, k=None, auc_threshold=0.3, device="cpu", seed=15), expected, rtol=0, atol=TOL)
 
 
 def counts_case(n_cells=40, n_genes=300, n_regulons=12, seed=0):
