@@ -35,7 +35,7 @@ $(REF)/.installed:
 	touch $@
 
 bench: install $(REF)/.installed
-	$(BIN)/python benchmarks/aucell.py --ref-python $(REF)/bin/python
+	$(BIN)/python benchmarks/aucell.py --ref-python $(REF)/bin/python --out BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) .venv-ref build *.egg-info .pytest_cache

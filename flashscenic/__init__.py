@@ -17,6 +17,8 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 # public name -> module that defines it
 _API = {
     "get_aucell": "aucell",
+    "simulate_expression": "simulate",
+    "SimulatedData": "simulate",
 }
 
 __all__ = sorted(_API)

@@ -37,7 +37,7 @@ __all__ = ["get_aucell", "rank_cutoff"]
 logger = logging.getLogger(__name__)
 
 Ties = Literal["pyscenic", "average"]
-_CHECK_ROWS = 4096  # rows per block when scanning input for NaN/inf (bounds memory)
+_CHECK_VALUES = 2**22  # values per block when scanning input for NaN/inf (bounds memory)
 
 
 def get_aucell(
@@ -167,17 +167,19 @@ class _TieOrder:
         return self._top_genes_general(x, c)
 
     def _top_genes_float32(self, x: torch.Tensor, c: int) -> torch.Tensor:
-        # float32 bits, made order-preserving as int32, then the tie-breaker in the low 32
-        # bits: every key is distinct and one top-k gives the exact ranking.
+        # float32 bits read as sign-magnitude and turned into an order-preserving int
+        # (-0.0 and 0.0 both become 0), then the tie-breaker in the low 32 bits: every
+        # key is distinct, so selecting the c largest keys gives the exact ranking.
         bits = x.view(torch.int32)
-        ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
-        return torch.topk((ordered << 32) | self.tie_breaker, c, dim=1, sorted=True).indices
+        magnitude = bits & 0x7FFFFFFF
+        ordered = torch.where(bits < 0, -magnitude, magnitude).to(torch.int64)
+        return _largest_first(ordered.bitwise_left_shift_(32).bitwise_or_(self.tie_breaker), c)
 
     def _top_genes_general(self, x: torch.Tensor, c: int) -> torch.Tensor:
         # Any dtype: in permuted column order a stable descending sort is the ranking. Take
         # the c-th largest value v; all genes above v are in; of those equal to v, the first
         # in permuted order fill the remaining places; a stable sort of the c orders them.
-        xp = x[:, self.perm]
+        xp = x[:, self.perm] + 0.0  # -0.0 becomes 0.0: radix sorts (CUDA) would split them
         v = torch.topk(xp, c, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
         above, at = xp > v, xp == v
         places_left = c - above.sum(dim=1, keepdim=True)
@@ -185,6 +187,19 @@ class _TieOrder:
         position = chosen.nonzero()[:, 1].view(x.shape[0], c)  # ascending in each row
         order = torch.sort(xp.gather(1, position), dim=1, descending=True, stable=True).indices
         return self.perm[position.gather(1, order)]
+
+
+def _largest_first(keys: torch.Tensor, c: int) -> torch.Tensor:
+    """Column indices of the c largest keys of each row, largest first (keys are distinct).
+
+    On the CPU numpy's introselect is about 3x faster than torch.topk, so it selects there.
+    """
+    if keys.device.type != "cpu":
+        return torch.topk(keys, c, dim=1, sorted=True).indices
+    keys = keys.numpy()
+    top = np.argpartition(keys, keys.shape[1] - c, axis=1)[:, -c:]
+    order = np.argsort(np.take_along_axis(keys, top, axis=1), axis=1)[:, ::-1]
+    return torch.from_numpy(np.take_along_axis(top, order, axis=1))
 
 
 def _rank_product(genes: torch.Tensor, n_genes: int, weights_t: torch.Tensor) -> torch.Tensor:
@@ -250,30 +265,36 @@ class _Expression:
         self._check_finite()
 
     def rows(self, start: int, stop: int, device: torch.device) -> torch.Tensor:
-        """Dense rows [start, stop) on ``device``; -0.0 becomes 0.0 so it ties with 0.0."""
+        """Dense rows [start, stop) on ``device``, in the dtype the ranking works in."""
         block = self.data[start:stop]
         if self.kind == "sparse":
             block = block.toarray()
         if self.kind != "torch":
             block = torch.from_numpy(np.asarray(block))
-        return block.to(device=device, dtype=self.dtype) + 0.0
+        return block.to(device=device, dtype=self.dtype)
 
     def _check_finite(self) -> None:
-        if self.kind == "sparse":
-            _raise_if_not_finite(self.data.data, lambda i: _csr_location(self.data, i), "exp_array")
-            return
         integer = not self.data.dtype.is_floating_point if self.kind == "torch" else self.data.dtype.kind in "iub"
         if integer:
             return  # integers cannot be NaN or infinite
-        for start in range(0, self.shape[0], _CHECK_ROWS):
-            block = self.data[start : start + _CHECK_ROWS]
+        if self.kind == "sparse":
+            values = self.data.data
+            for start in range(0, values.size, _CHECK_VALUES):
+                _raise_if_not_finite(
+                    values[start : start + _CHECK_VALUES],
+                    lambda i, s=start: _csr_location(self.data, s + i),
+                    "exp_array",
+                )
+            return
+        n_genes = self.shape[1]
+        step = max(1, _CHECK_VALUES // n_genes)
+        for start in range(0, self.shape[0], step):
+            block = self.data[start : start + step]
             if self.kind == "torch":
                 if bool(torch.isfinite(block).all()):
                     continue
                 block = block.cpu().numpy()
-            _raise_if_not_finite(
-                block.ravel(), lambda i, s=start, n=self.shape[1]: (s + i // n, i % n), "exp_array"
-            )
+            _raise_if_not_finite(block.ravel(), lambda i, s=start: (s + i // n_genes, i % n_genes), "exp_array")
 
 
 def _regulon_weights(adj_array, n_genes: int, k: int | None) -> np.ndarray:

@@ -264,9 +264,11 @@ def test_average_ties_is_seed_free_and_batch_free():
 # ---------------------------------------------------------------- errors
 
 
+@pytest.mark.parametrize("block_values", [2**22, 7, 1000], ids=["one-block", "tiny-blocks", "row-blocks"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("convert", [lambda x: x, sp.csr_matrix, torch.from_numpy], ids=["numpy", "csr", "torch"])
-def test_non_finite_expression_names_its_location(bad, convert):
+def test_non_finite_expression_names_its_location(bad, convert, block_values, monkeypatch):
+    monkeypatch.setattr("flashscenic.aucell._CHECK_VALUES", block_values)  # the scan goes block by block
     x, w = counts_case()
     x[17, 123] = bad
     with pytest.raises(ValueError, match=r"1 NaN or infinite value.*cell 17, gene 123"):

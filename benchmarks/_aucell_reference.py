@@ -1,0 +1,171 @@
+"""Run ONE AUCell implementation on one data file, in a fresh process; print JSON.
+
+Called by ``benchmarks/aucell.py``, never by hand. Every measured row of the benchmark
+goes through this script, each in its own process, so that all implementations are
+timed and memory-measured the same way:
+
+* ``--impl pyscenic`` and ``--impl flashscenic-0.2.0`` run with the reference venv's
+  python (pyscenic 0.12.1, ctxcore 0.2.0, flashscenic 0.2.0: the old package has our
+  name, so it cannot share a venv with this repo);
+* ``--impl flashscenic`` runs with the project venv's python (this repo, installed
+  editable).
+
+Which ``flashscenic`` was imported is checked against the expected version, so a mix-up
+of the two venvs fails loudly instead of benchmarking the wrong code.
+
+Input: an ``.npz`` with ``W`` (regulons x genes weights) and either ``X`` (dense cells x
+genes) or ``X_data``/``X_indices``/``X_indptr``/``X_shape`` (CSR). Output: the result
+array (float64, cells x regulons, regulons in the order of ``W``'s rows) in ``--out``,
+and one JSON line on stdout with the best time and memory figures.
+
+Memory: ``baseline_mib`` is the resident set right after the libraries are imported and
+the inputs are built (what the process holds before the kernel runs); ``peak_mib`` is the
+peak resident set (VmHWM) from then to the end: the peak is reset after the inputs are
+loaded, so transient copies made while reading them do not count. Each implementation first runs once, untimed, on a few cells. ``peak - baseline`` is what the kernel itself added on top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import resource
+import time
+from importlib.metadata import version
+
+import numpy as np
+
+
+WARMUP_CELLS = 64
+
+
+def status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS: now, VmHWM: peak) in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Start the peak (VmHWM) afresh, so loading the inputs does not count as kernel memory."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def children_peak_mib() -> float:
+    """Peak resident set of the largest finished child process (pySCENIC's workers), MiB."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def load_expression(data):
+    """The expression matrix from the npz: dense array or scipy CSR."""
+    if "X" in data:
+        return data["X"]
+    import scipy.sparse as sp
+
+    shape = tuple(int(n) for n in data["X_shape"])
+    return sp.csr_matrix((data["X_data"], data["X_indices"], data["X_indptr"]), shape=shape)
+
+
+def prepare(args, X, W):
+    """Build the implementation's inputs (untimed) and return (call, versions).
+
+    ``call(n_cells=None)`` runs the kernel once, on the first ``n_cells`` cells (all by
+    default), and returns a float64 cells x regulons array.
+    """
+    versions = {"numpy": np.__version__}
+    if args.impl == "pyscenic":
+        import pandas as pd
+        from ctxcore.genesig import GeneSignature
+        from pyscenic.aucell import aucell
+
+        versions.update(pyscenic=version("pyscenic"), ctxcore=version("ctxcore"), pandas=pd.__version__)
+        # Zero-padded names: pySCENIC may order its output columns by name; ours are in
+        # row order, so selecting columns by these names lines the two up.
+        genes = [f"g{j:05d}" for j in range(W.shape[1])]
+        names = [f"r{i:03d}" for i in range(W.shape[0])]
+        df = pd.DataFrame(X, columns=genes)
+        signatures = [
+            GeneSignature(name=name, gene2weight={genes[j]: float(row[j]) for j in np.flatnonzero(row)})
+            for name, row in zip(names, W)
+        ]
+
+        def call(n_cells=None):
+            auc = aucell(df if n_cells is None else df.iloc[:n_cells], signatures, auc_threshold=args.auc_threshold, seed=args.seed, num_workers=args.num_workers)
+            return auc[names].to_numpy(dtype=np.float64)
+
+        return call, versions
+
+    import torch
+    from flashscenic import get_aucell
+
+    versions.update(torch=torch.__version__, flashscenic=version("flashscenic"), torch_threads=torch.get_num_threads())
+    if args.impl == "flashscenic-0.2.0":
+        if versions["flashscenic"] != "0.2.0":
+            raise SystemExit(f"expected flashscenic 0.2.0 in this venv, found {versions['flashscenic']}")
+        # 0.2.0 has only the 7 positional arguments; it pads/truncates every regulon to k.
+        return (lambda n_cells=None: get_aucell(X if n_cells is None else X[:n_cells], W, args.k, args.auc_threshold, "cpu", args.batch_size, args.seed)), versions
+
+    if versions["flashscenic"] == "0.2.0":
+        raise SystemExit("--impl flashscenic must run with the project venv, not the reference one")
+    k = None if args.k <= 0 else args.k
+
+    def call(n_cells=None):
+        return get_aucell(
+            X if n_cells is None else X[:n_cells], W, k=k, auc_threshold=args.auc_threshold, device="cpu", batch_size=args.batch_size,
+            seed=args.seed, ties=args.ties, verbose=False,
+        )
+
+    return call, versions
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--impl", required=True, choices=["flashscenic", "flashscenic-0.2.0", "pyscenic"])
+    parser.add_argument("--data", required=True, help="input .npz")
+    parser.add_argument("--out", required=True, help="where to save the result .npz")
+    parser.add_argument("--repeats", type=int, default=1, help="time this many calls, report the fastest")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--k", type=int, default=0, help="regulon size cap; 0 = none (ours only)")
+    parser.add_argument("--ties", default="pyscenic", choices=["pyscenic", "average"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--auc-threshold", type=float, default=0.05)
+    parser.add_argument("--num-workers", type=int, default=2, help="pySCENIC worker processes")
+    args = parser.parse_args()
+
+    with np.load(args.data) as data:
+        X, W = load_expression(data), data["W"]
+    call, versions = prepare(args, X, W)
+    # Untimed warm-up on a few cells: numba's JIT (pySCENIC) and torch's first-use
+    # library loading are start-up costs, neither kernel time nor kernel memory.
+    call(WARMUP_CELLS)  # call() with no argument passes X itself: X[:None] would copy a CSR
+    gc.collect()
+    reset_peak_rss()
+    baseline = status_mib("VmRSS")
+
+    times = []
+    result = None
+    for _ in range(args.repeats):
+        result = None  # free the previous repeat's output before the next call allocates its own
+        start = time.perf_counter()
+        result = call()
+        times.append(time.perf_counter() - start)
+
+    report = {
+        "impl": args.impl,
+        "seconds": min(times),
+        "all_seconds": times,
+        "baseline_mib": baseline,
+        "peak_mib": status_mib("VmHWM"),
+        # pySCENIC's forked workers; 0 for the others.
+        "children_peak_mib": children_peak_mib(),
+        "versions": versions,
+    }
+    np.savez(args.out, auc=np.asarray(result, dtype=np.float64))
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
