@@ -17,6 +17,14 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 # public name -> module that defines it
 _API = {
     "get_aucell": "aucell",
+    "CisTargetPruner": "cistarget",
+    "MotifAnnotation": "cistarget",
+    "filter_by_annotations": "cistarget",
+    "compute_recovery_aucs": "cistarget",
+    "compute_nes": "cistarget",
+    "prune_single_module": "cistarget",
+    "RankingDatabase": "rankdb",
+    "read_ranking_database": "rankdb",
     "simulate_expression": "simulate",
     "SimulatedData": "simulate",
 }

@@ -1,0 +1,311 @@
+"""cisTarget pruning equals pySCENIC/ctxcore on many random databases and modules,
+on the real legacy database fixture, and on real gene sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from flashscenic import CisTargetPruner, compute_nes, compute_recovery_aucs, prune_single_module
+from flashscenic.cistarget import MotifAnnotation, filter_by_annotations
+from flashscenic.rankdb import RankingDatabase, read_ranking_database
+from pyscenic_prune_oracle import ctxcore_module, frame_database, pyscenic_module2df
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "pyscenic"
+needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"pySCENIC fixtures not found at {FIXTURES}")
+AUC_TOL, NES_TOL = 1e-6, 1e-4
+
+
+def random_database(rng, n_motifs: int, n_genes: int, planted: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    """motifs x genes int16 rank permutations; for (motif, genes) in ``planted`` those genes
+    take the first ranks in random order, so some motifs are enriched in some modules."""
+    ranks = np.empty((n_motifs, n_genes), dtype=np.int16)
+    for m in range(n_motifs):
+        order = rng.permutation(n_genes)
+        for motif, genes in planted:
+            if motif == m:
+                rest = np.setdiff1d(order, genes, assume_unique=True)
+                top = rng.permutation(genes)
+                cut = int(rng.integers(0, 3 * len(genes)))  # planted genes near, not always at, the top
+                order = np.concatenate([rest[:cut], top, rest[cut:]])
+        ranks[m, order] = np.arange(n_genes)
+    return ranks
+
+
+def random_setup(seed: int, tmp_path: Path):
+    """A database, modules (TF first, weight 1.0) and a motif2tf table with duplicates and NaNs."""
+    rng = np.random.default_rng(seed)
+    n_motifs, n_genes = int(rng.integers(80, 300)), int(rng.integers(1500, 4000))
+    genes = np.array([f"G{j}" for j in range(n_genes)])
+    motifs = np.array([f"motif{i}" for i in range(n_motifs)])
+    tfs = [f"G{j}" for j in rng.choice(n_genes, size=6, replace=False)]
+    modules, weights, contexts = [], [], []
+    planted = []
+    for number, tf in enumerate(tfs):
+        size = int(rng.integers(20, 160))
+        members = rng.choice(np.setdiff1d(np.arange(n_genes), [int(tf[1:])]), size=size, replace=False)
+        for motif in rng.choice(n_motifs, size=int(rng.integers(1, 6)), replace=False):
+            planted.append((int(motif), rng.choice(members, size=max(3, size // 3), replace=False)))
+        names = [tf] + genes[members].tolist()
+        if number % 3 == 0:  # a few genes the database lacks (under 20%)
+            names += [f"absent{number}_{k}" for k in range(int(0.15 * len(names)))]
+        w = np.round(rng.uniform(0.1, 5.0, size=len(names)), 1)  # ties in weights
+        w[0] = 1.0
+        modules.append(names)
+        weights.append(w)
+        contexts.append(("weight>75.0%", "activating") if number % 2 else ("top50", "activating"))
+    ranks = random_database(rng, n_motifs, n_genes, planted)
+
+    rows = []
+    for tf in tfs:
+        for motif in rng.choice(motifs, size=n_motifs // 2, replace=False):
+            for _ in range(int(rng.integers(1, 4))):  # several rows per (TF, motif)
+                q = float(rng.choice([0.0, 1e-5, 1e-4, 5e-4, 1e-3, 0.01, np.nan]))
+                ident = float(rng.choice([1.0, 0.9, 0.45, 0.0, np.nan]))
+                rows.append([motif, f"name_{motif}", tf, q, ident, f"{tf} via {motif} q={q} id={ident}"])
+    table = pd.DataFrame(rows, columns=["#motif_id", "motif_name", "gene_name", "motif_similarity_qvalue",
+                                        "orthologous_identity", "description"])
+    annotation_file = tmp_path / f"motifs{seed}.tbl"
+    table.to_csv(annotation_file, sep="\t", index=False)
+    rank_threshold = int(rng.integers(300, n_genes // 2))
+    auc_threshold = float(rng.uniform(0.01, rank_threshold / n_genes))
+    return dict(ranks=ranks, genes=genes, motifs=motifs, tfs=tfs, modules=modules, weights=weights,
+                contexts=contexts, annotation_file=annotation_file, rank_threshold=rank_threshold,
+                auc_threshold=auc_threshold, nes_threshold=float(rng.choice([2.0, 2.5, 3.0])))
+
+
+def expected_rows(setup, name: str, compat: bool, weighted: bool) -> pd.DataFrame:
+    """pySCENIC's rows for every module (compat) or with leading edges from each motif's own curve."""
+    database = frame_database(setup["ranks"], setup["motifs"], setup["genes"], name)
+    lookup = {g: j for j, g in enumerate(setup["genes"])}
+    frames = []
+    for tf, names, w, context in zip(setup["tfs"], setup["modules"], setup["weights"], setup["contexts"]):
+        frame = pyscenic_module2df(database, tf, dict(zip(names, w)), context, setup["annotation_file"],
+                                   rank_threshold=setup["rank_threshold"], auc_threshold=setup["auc_threshold"],
+                                   nes_threshold=setup["nes_threshold"], weighted_recovery=weighted)
+        if frame.empty:
+            continue
+        frame = frame.reset_index()
+        if not compat:  # replace the leading edges by those of each motif's own curve
+            present = [k for k, g in enumerate(names) if g in lookup]
+            index = np.array([lookup[names[k]] for k in present])
+            ours = ctxcore_module(setup["ranks"], index, np.asarray(w)[present], weighted=weighted,
+                                  rank_threshold=setup["rank_threshold"], auc_threshold=setup["auc_threshold"],
+                                  nes_threshold=setup["nes_threshold"])
+            by_motif = {setup["motifs"][m]: k for k, m in enumerate(ours["enriched"])}
+            frame["RankAtMax"] = [int(ours["rank_at_max"][by_motif[m]]) for m in frame["MotifID"]]
+            frame["TargetGenes"] = [
+                [(names[present[p]], float(w[present[p]])) for p in ours["leading_edge"][by_motif[m]]]
+                for m in frame["MotifID"]
+            ]
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def assert_same_rows(got: pd.DataFrame, expected: pd.DataFrame):
+    assert len(got) == len(expected)
+    key = ["TF", "MotifID", "Context"]
+    got = got.assign(Context=got["Context"].map(lambda c: tuple(sorted(c)))).sort_values(key).reset_index(drop=True)
+    expected = expected.assign(Context=expected["Context"].map(lambda c: tuple(sorted(c)))).sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got[key], expected[key])
+    np.testing.assert_allclose(got["AUC"], expected["AUC"], rtol=0, atol=AUC_TOL)
+    np.testing.assert_allclose(got["NES"], expected["NES"], rtol=0, atol=NES_TOL)
+    assert got["RankAtMax"].tolist() == expected["RankAtMax"].astype(int).tolist()
+    for ours, theirs in zip(got["TargetGenes"], expected["TargetGenes"]):
+        assert [g for g, _ in ours] == [g for g, _ in theirs]
+        np.testing.assert_allclose([w for _, w in ours], [w for _, w in theirs], rtol=1e-12)
+    for column in ("MotifSimilarityQvalue", "OrthologousIdentity"):
+        np.testing.assert_array_equal(got[column].to_numpy(float), expected[column].to_numpy(float))
+    assert got["Annotation"].tolist() == expected["Annotation"].tolist()
+
+
+def run_pruner(setup, name, **options) -> pd.DataFrame:
+    pruner = CisTargetPruner(rank_threshold=setup["rank_threshold"], auc_threshold=setup["auc_threshold"],
+                             nes_threshold=setup["nes_threshold"], device="cpu", **options)
+    pruner.load_from_tensor(setup["ranks"], setup["motifs"], setup["genes"], name=name)
+    pruner.load_annotations(setup["annotation_file"])
+    return pruner.motif_table(setup["modules"], setup["tfs"], setup["genes"].tolist(), setup["weights"],
+                              setup["contexts"])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_motif_table_equals_pyscenic_with_leading_edges_fixed(seed, tmp_path):
+    setup = random_setup(seed, tmp_path)
+    expected = expected_rows(setup, "db", compat=False, weighted=False)
+    got = run_pruner(setup, "db")
+    assert len(expected) > 0, "the planted motifs should be enriched"
+    assert_same_rows(got, expected)
+    assert set(got["Database"]) == {"db"}
+
+
+@pytest.mark.parametrize("seed", range(8, 12))
+def test_compat_switch_reproduces_pyscenic_bug_635(seed, tmp_path):
+    setup = random_setup(seed, tmp_path)
+    expected = expected_rows(setup, "db", compat=True, weighted=False)
+    assert_same_rows(run_pruner(setup, "db", pyscenic_compat_leading_edge=True), expected)
+
+
+@pytest.mark.parametrize("seed", range(12, 15))
+def test_weighted_recovery_equals_pyscenic(seed, tmp_path):
+    setup = random_setup(seed, tmp_path)
+    expected = expected_rows(setup, "db", compat=False, weighted=True)
+    assert_same_rows(run_pruner(setup, "db", weighted_recovery=True), expected)
+
+
+@pytest.mark.parametrize("seed", range(15, 25))
+def test_single_module_kernels_equal_ctxcore(seed):
+    """AUC, NES, enriched set, rank-at-max and leading edge of prune_single_module and
+    compute_recovery_aucs, weighted and not, against ctxcore's public functions."""
+    rng = np.random.default_rng(seed)
+    n_motifs, n_genes = int(rng.integers(50, 400)), int(rng.integers(800, 3000))
+    module = rng.choice(n_genes, size=int(rng.integers(1, 300)), replace=False)
+    ranks = random_database(rng, n_motifs, n_genes, [(int(m), module[: max(1, len(module) // 2)])
+                                                      for m in rng.choice(n_motifs, 4, replace=False)])
+    weights = np.round(rng.uniform(0.1, 3.0, size=len(module)), 1)
+    rank_threshold = int(rng.integers(100, n_genes - 1))
+    auc_threshold = float(rng.uniform(0.5 / n_genes + 1e-9, rank_threshold / n_genes))
+    nes_threshold = 2.0
+    for weighted in (False, True):
+        expected = ctxcore_module(ranks, module, weights, rank_threshold=rank_threshold, auc_threshold=auc_threshold,
+                                  nes_threshold=nes_threshold, weighted=weighted)
+        result = prune_single_module(torch.from_numpy(ranks), module, rank_threshold, auc_threshold, nes_threshold,
+                                     weights if weighted else None)
+        np.testing.assert_allclose(result["aucs"].numpy(), expected["aucs"], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(expected["aucs_direct"], expected["aucs"], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(result["nes"].numpy(), expected["nes"], rtol=0, atol=1e-9)
+        assert np.flatnonzero(result["enriched_mask"].numpy()).tolist() == expected["enriched"].tolist()
+        assert result["rank_at_max"].tolist() == expected["rank_at_max"].tolist()
+        for mask, genes in zip(result["leading_edge_masks"], expected["leading_edge"]):
+            assert sorted(np.flatnonzero(mask.numpy()).tolist()) == sorted(genes.tolist())
+        curves, aucs = compute_recovery_aucs(ranks, module, rank_threshold, auc_threshold,
+                                             weights if weighted else None)
+        np.testing.assert_allclose(aucs.numpy(), expected["aucs"], rtol=0, atol=1e-12)
+        assert curves.shape == (n_motifs, rank_threshold)
+
+
+def test_batch_of_modules_in_one_product_equals_one_by_one(tmp_path):
+    setup = random_setup(3, tmp_path)
+    one_by_one = run_pruner(setup, "db", module_batch_size=1)
+    pd.testing.assert_frame_equal(run_pruner(setup, "db", module_batch_size=1000), one_by_one)
+
+
+def test_two_databases_union(tmp_path):
+    setup = random_setup(4, tmp_path)
+    other = dict(setup, ranks=random_database(np.random.default_rng(99), *setup["ranks"].shape, []))
+    expected = pd.concat([expected_rows(setup, "dbA", False, False), expected_rows(other, "dbB", False, False)],
+                         ignore_index=True)
+    pruner = CisTargetPruner(rank_threshold=setup["rank_threshold"], auc_threshold=setup["auc_threshold"],
+                             nes_threshold=setup["nes_threshold"], device="cpu")
+    pruner._set_databases([RankingDatabase.from_array(setup["ranks"], setup["motifs"], setup["genes"], "dbA"),
+                           RankingDatabase.from_array(other["ranks"], setup["motifs"], setup["genes"], "dbB")])
+    pruner.load_annotations(setup["annotation_file"])
+    got = pruner.motif_table(setup["modules"], setup["tfs"], setup["genes"].tolist(), setup["weights"], setup["contexts"])
+    assert_same_rows(got, expected)
+
+
+def test_80_percent_rule_at_its_boundary(tmp_path):
+    """A module with exactly 20% of its genes absent from the database is skipped; one gene
+    fewer absent and it is pruned (pySCENIC: skip when the missing fraction >= 0.20)."""
+    setup = random_setup(0, tmp_path)
+    baseline = run_pruner(setup, "db")
+    with_rows = [k for k, tf in enumerate(setup["tfs"]) if k % 3 and tf in set(baseline["TF"])]
+    assert len(with_rows) >= 2, "the setup needs two fully present modules with enriched motifs"
+    for k, skipped in zip(with_rows[:2], (True, False)):
+        n = len(setup["modules"][k]) // 4 * 4
+        setup["modules"][k], setup["weights"][k] = setup["modules"][k][:n], setup["weights"][k][:n]
+        absent = n // 4 - (0 if skipped else 1)  # n/4 absent of 5n/4: exactly 20% missing
+        assert (absent / (n + absent) >= 0.2) == skipped
+        setup["modules"][k] = setup["modules"][k] + [f"missing{k}_{j}" for j in range(absent)]
+        setup["weights"][k] = np.concatenate([setup["weights"][k], np.ones(absent)])
+    got = run_pruner(setup, "db")
+    assert setup["tfs"][with_rows[0]] not in set(got["TF"])
+    assert setup["tfs"][with_rows[1]] in set(got["TF"])
+    assert_same_rows(got, expected_rows(setup, "db", compat=False, weighted=False))
+
+
+# ---------------------------------------------------------------- real fixtures
+
+
+@needs_fixtures
+def test_legacy_v1_fixture_auc_and_nes_from_the_spec():
+    database = read_ranking_database(FIXTURES / "hg19-tss-centered-10kb-10species.mc9nr.feather")
+    assert (database.n_motifs, database.n_genes) == (5, 22284)
+    first = (FIXTURES / "c6.all.v6.1.symbols.gmt").read_text().splitlines()[0].split("\t")[2:]
+    index, present = database.gene_indices(first)
+    assert present.all() and len(first) == 29
+    curves, aucs = compute_recovery_aucs(database.rankings, index[present], 5000, 0.05)
+    np.testing.assert_allclose(aucs.numpy(), [0.00625271, 0.01411503, 0.01426980, 0.02457748, 0.05686250], atol=1e-8)
+    np.testing.assert_allclose(compute_nes(aucs).numpy(), [-0.9529, -0.5112, -0.5025, 0.0765, 1.8901], atol=1e-4)
+
+
+@needs_fixtures
+def test_real_gene_sets_on_the_real_database_equal_ctxcore():
+    """All 189 C6 gene sets as modules: AUC/NES/leading edges against ctxcore."""
+    database = read_ranking_database(FIXTURES / "hg19-tss-centered-10kb-10species.mc9nr.feather")
+    gene_sets = [line.split("\t") for line in (FIXTURES / "c6.all.v6.1.symbols.gmt").read_text().splitlines()]
+    assert len(gene_sets) == 189
+    compared = 0
+    for fields in gene_sets:
+        index, present = database.gene_indices(fields[2:])
+        if (len(index) - present.sum()) / len(index) >= 0.2:
+            continue
+        index = index[present]
+        expected = ctxcore_module(database.rankings, index, np.ones(len(index)), rank_threshold=5000,
+                                  auc_threshold=0.05, nes_threshold=1.5, weighted=False)
+        result = prune_single_module(torch.from_numpy(database.rankings), index, 5000, 0.05, 1.5)
+        np.testing.assert_allclose(result["aucs"].numpy(), expected["aucs"], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(result["nes"].numpy(), expected["nes"], rtol=0, atol=1e-9)
+        assert result["rank_at_max"].tolist() == expected["rank_at_max"].tolist()
+        compared += 1
+    assert compared > 150
+
+
+# ---------------------------------------------------------------- annotations and errors
+
+
+def test_annotation_choice_lowest_q_then_highest_identity(tmp_path):
+    rows = [["m1", "TF1", 0.001, 0.5, "a"], ["m1", "TF1", 0.0001, 0.3, "b"], ["m1", "TF1", 0.0001, 0.9, "c"],
+            ["m1", "TF1", 0.0001, 0.9, "d"], ["m2", "TF1", np.nan, 1.0, "nan q"], ["m3", "TF1", 0.0, np.nan, "nan id"],
+            ["m1", "TF2", 0.01, 1.0, "above fdr"]]
+    frame = pd.DataFrame(rows, columns=["#motif_id", "gene_name", "motif_similarity_qvalue", "orthologous_identity",
+                                        "description"])
+    path = tmp_path / "a.tbl"
+    frame.assign(motif_name="x").to_csv(path, sep="\t", index=False)
+    annotations = MotifAnnotation.load_from_file(path)
+    assert annotations.get_annotation("m1", "TF1")["Annotation"] == "d"  # ties: the later line, as pySCENIC
+    assert not annotations.has_annotation("m2", "TF1") and not annotations.has_annotation("m3", "TF1")
+    assert not annotations.has_annotation("m1", "TF2") and annotations.has_annotation("m1")
+
+
+def test_annotation_file_missing_columns(tmp_path):
+    path = tmp_path / "bad.tbl"
+    pd.DataFrame({"#motif_id": ["m"], "gene_name": ["TF"]}).to_csv(path, sep="\t", index=False)
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) motif_similarity_qvalue, orthologous_identity, description"):
+        MotifAnnotation.load_from_file(path)
+
+
+def test_filter_by_annotations_keeps_only_the_modules_tf(tmp_path):
+    setup = random_setup(1, tmp_path)
+    annotations = MotifAnnotation.load_from_file(setup["annotation_file"])
+    result = prune_single_module(torch.from_numpy(setup["ranks"]), np.arange(50), 1000, 0.05, 1.0)
+    tf = setup["tfs"][0]
+    filtered = filter_by_annotations(result, setup["motifs"], annotations, tf_name=tf)
+    kept = setup["motifs"][np.flatnonzero(filtered["enriched_mask"].numpy())]
+    assert all(annotations.has_annotation(m, tf) for m in kept)
+    assert len(filtered["rank_at_max"]) == len(kept)
+
+
+@pytest.mark.parametrize(
+    "rank_threshold, auc_threshold, message",
+    [(3000, 0.05, r"rank_threshold must be an integer in 1..1999"),
+     (50, 0.05, r"covers 100 of 2000 ranked genes.*rank_threshold=50"),
+     (500, 0.0001, r"covers 0 of 2000")],
+)
+def test_threshold_errors(rank_threshold, auc_threshold, message):
+    ranks = np.argsort(np.random.default_rng(0).random((5, 2000)), axis=1).astype(np.int16)
+    with pytest.raises(ValueError, match=message):
+        prune_single_module(torch.from_numpy(ranks), np.arange(10), rank_threshold, auc_threshold)
