@@ -38,6 +38,7 @@ import torch
 from ._device import resolve_device
 from ._errors import InputError
 from .rankdb import RankingDatabase, read_ranking_database
+from .regulons import MOTIF_COLUMNS, regulons_from_motifs
 
 __all__ = [
     "CisTargetPruner",
@@ -52,10 +53,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ANNOTATION_COLUMNS = ("#motif_id", "gene_name", "motif_similarity_qvalue", "orthologous_identity", "description")
-MOTIF_TABLE_COLUMNS = (
-    "TF", "MotifID", "AUC", "NES", "MotifSimilarityQvalue", "OrthologousIdentity",
-    "Annotation", "Context", "TargetGenes", "RankAtMax", "Database",
-)
 
 
 # ----------------------------------------------------------------------------- cut-offs
@@ -79,13 +76,16 @@ def rank_cutoff(auc_threshold: float, n_genes: int, rank_threshold: int) -> int:
 # ----------------------------------------------------------------------------- kernels
 
 
-def _sort_rows(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row sorted ascending, with the permutation. numpy's radix sort on the CPU
-    (int16/int32 ranks) is about 5x faster than torch.sort there."""
+def _sort_rows(values: torch.Tensor, with_order: bool):
+    """Each row sorted ascending (and the permutation when ``with_order``). Ranks within a
+    motif are distinct, so any sort is deterministic; numpy's introsort on a contiguous
+    copy is about 5x faster than torch.sort on the CPU."""
     if values.device.type != "cpu":
-        return torch.sort(values, dim=1, stable=True)
-    array = values.numpy()
-    order = np.argsort(array, axis=1, kind="stable")
+        return torch.sort(values, dim=1) if with_order else (torch.sort(values, dim=1).values, None)
+    array = np.ascontiguousarray(values.numpy())
+    if not with_order:
+        return torch.from_numpy(np.sort(array, axis=1)), None
+    order = np.argsort(array, axis=1)
     return torch.from_numpy(np.take_along_axis(array, order, axis=1)), torch.from_numpy(order)
 
 
@@ -97,30 +97,28 @@ def _auc_numerators(module_ranks: torch.Tensor, weights: torch.Tensor, c: int) -
 def _recovery_moments(module_ranks: torch.Tensor, weights: torch.Tensor | None, rank_threshold: int):
     """Mean and std (ddof=0) over motifs of rcc[r], r < rank_threshold, in float64.
 
-    ``weights=None`` is unweighted recovery (exact integer arithmetic up to the final
-    division and square root).
+    ``weights=None`` is unweighted recovery: the k-th best module gene of a motif raises
+    rcc by 1 and rcc**2 by 2k - 1, all integers, so the variance numerator M*S2 - S1**2 is
+    exact and only the final division and square root round.
     """
     n_motifs, n_genes = module_ranks.shape
-    ranks, order = _sort_rows(module_ranks)
-    if weights is None:
-        step = torch.ones(n_genes, dtype=torch.float64, device=ranks.device).expand(n_motifs, n_genes)
-        cumulative = torch.arange(1, n_genes + 1, dtype=torch.float64, device=ranks.device).expand(n_motifs, n_genes)
-    else:
-        step = weights[order]
-        cumulative = step.cumsum(dim=1)
+    ranks, order = _sort_rows(module_ranks, with_order=weights is not None)
     counted = ranks < rank_threshold
     at = ranks[counted].long()
-    first = torch.zeros(rank_threshold, dtype=torch.float64, device=ranks.device)
-    second = torch.zeros_like(first)
-    first.index_add_(0, at, step[counted])
-    second.index_add_(0, at, (step * (2 * cumulative - step))[counted])
-    sum1, sum2 = first.cumsum_(0), second.cumsum_(0)
-    if weights is None:  # integers: exact variance numerator M*S2 - S1^2
-        s1, s2 = sum1.to(torch.int64), sum2.to(torch.int64)
+    if weights is None:
+        odd = torch.arange(1, 2 * n_genes, 2, dtype=torch.float64, device=ranks.device).expand(n_motifs, n_genes)
+        first = torch.bincount(at, minlength=rank_threshold)[:rank_threshold]
+        second = torch.bincount(at, weights=odd[counted], minlength=rank_threshold)[:rank_threshold]
+        s1, s2 = first.cumsum(0), second.cumsum(0).to(torch.int64)
         variance = (n_motifs * s2 - s1 * s1).to(torch.float64) / (n_motifs * n_motifs)
-    else:
-        variance = (sum2 / n_motifs - (sum1 / n_motifs) ** 2).clamp_(min=0)
-    return sum1 / n_motifs, variance.sqrt_()
+        return s1.to(torch.float64) / n_motifs, variance.sqrt_()
+    step = weights[order]
+    cumulative = step.cumsum(dim=1)
+    first = torch.bincount(at, weights=step[counted], minlength=rank_threshold)[:rank_threshold]
+    second = torch.bincount(at, weights=(step * (2 * cumulative - step))[counted], minlength=rank_threshold)[:rank_threshold]
+    mean = first.cumsum(0) / n_motifs
+    variance = (second.cumsum(0) / n_motifs - mean**2).clamp_(min=0)
+    return mean, variance.sqrt_()
 
 
 def _recovery_curves(module_ranks: torch.Tensor, weights: torch.Tensor, rank_threshold: int) -> torch.Tensor:
@@ -283,9 +281,11 @@ class MotifAnnotation:
 
     def motifs_of(self, tf_name: str) -> pd.DataFrame:
         """The annotation rows of one TF, indexed by MotifID."""
-        if tf_name not in self.table.index.get_level_values("TF"):
-            return self.table.iloc[:0].droplevel("TF")
-        return self.table.xs(tf_name, level="TF")
+        by_tf = self.__dict__.get("_by_tf")
+        if by_tf is None:  # built once: a lookup per module must not scan the whole table
+            by_tf = {tf: rows.droplevel("TF") for tf, rows in self.table.groupby(level="TF", sort=False)}
+            self.__dict__["_by_tf"] = by_tf
+        return by_tf.get(tf_name, self.table.iloc[:0].droplevel("TF"))
 
 
 def filter_by_annotations(result: dict, motif_names: Sequence[str], annotations: MotifAnnotation,
@@ -494,7 +494,7 @@ class CisTargetPruner:
     def motif_table(self, modules, tf_names: Sequence[str], gene_names: Sequence[str], weights_list=None,
                     contexts=None) -> pd.DataFrame:
         """Enriched, annotated motifs of every module in every database: pySCENIC's ``reg.csv``
-        rows (flat columns, see ``MOTIF_TABLE_COLUMNS``), in a deterministic order.
+        rows (flat columns, see ``flashscenic.regulons.MOTIF_COLUMNS``), in a deterministic order.
 
         ``modules``: per module, gene indices into ``gene_names`` or gene names; the TF is
         part of the module only if listed (pySCENIC's modules include it, weight 1.0).
@@ -515,7 +515,7 @@ class CisTargetPruner:
         rows = []
         for kernel in self.kernels:
             rows += self._prune_database(kernel, modules, list(tf_names), weights_list, contexts)
-        table = pd.DataFrame(rows, columns=list(MOTIF_TABLE_COLUMNS))
+        table = pd.DataFrame(rows, columns=list(MOTIF_COLUMNS))
         return table.sort_values(["TF", "MotifID", "Database"], kind="stable").reset_index(drop=True)
 
     def prune_modules(self, modules, tf_names: Sequence[str], gene_names: Sequence[str], weights_list=None,
@@ -538,8 +538,6 @@ class CisTargetPruner:
 
     def _merge_regulons_by_tf(self, table: pd.DataFrame) -> list[dict]:
         """One regulon per (TF, type): union of targets, max weight (pySCENIC's df2regulons)."""
-        from .regulons import regulons_from_motifs
-
         if table.empty:
             return []
         regulons = regulons_from_motifs(table)

@@ -309,3 +309,31 @@ def test_threshold_errors(rank_threshold, auc_threshold, message):
     ranks = np.argsort(np.random.default_rng(0).random((5, 2000)), axis=1).astype(np.int16)
     with pytest.raises(ValueError, match=message):
         prune_single_module(torch.from_numpy(ranks), np.arange(10), rank_threshold, auc_threshold)
+
+
+# ---------------------------------------------------------------- modules to regulons
+
+
+@pytest.mark.parametrize("seed", [20, 21, 22])
+def test_prune_modules_regulons_equal_pyscenic_df2regulons(seed, tmp_path):
+    """The whole path: pySCENIC's module2df rows -> df2regulons, against prune_modules
+    (compat leading edges, so both sides start from the same rows)."""
+    from pyscenic_oracle import pyscenic_motif_frame, pyscenic_regulons
+
+    setup = random_setup(seed, tmp_path)
+    expected = expected_rows(setup, "db", compat=True, weighted=False)
+    assert len(expected) > 0
+    theirs = {r.name: r for r in pyscenic_regulons(pyscenic_motif_frame(expected.assign(Database="db")))}
+    pruner = CisTargetPruner(rank_threshold=setup["rank_threshold"], auc_threshold=setup["auc_threshold"],
+                             nes_threshold=setup["nes_threshold"], device="cpu", pyscenic_compat_leading_edge=True)
+    pruner.load_from_tensor(setup["ranks"], setup["motifs"], setup["genes"], name="db")
+    pruner.load_annotations(setup["annotation_file"])
+    ours = pruner.prune_modules(setup["modules"], setup["tfs"], setup["genes"].tolist(), setup["weights"],
+                                setup["contexts"])
+    assert sorted(r["name"] for r in ours) == sorted(theirs)
+    for regulon in ours:
+        reference = theirs[regulon["name"]]
+        assert dict(zip(regulon["genes"], regulon["weights"])) == pytest.approx(dict(reference.gene2weight), rel=1e-12)
+        assert regulon["score"] == pytest.approx(reference.score, rel=1e-12)
+        assert regulon["n_genes"] == len(reference.gene2weight)
+        assert regulon["database"] == "db" and regulon["tf"] == reference.transcription_factor
