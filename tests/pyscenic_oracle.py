@@ -41,3 +41,203 @@ def pyscenic_aucell(expression: np.ndarray, weights: np.ndarray, auc_threshold: 
     sigs = signatures(weights)
     result = aucell(frame, sigs, auc_threshold=auc_threshold, seed=seed, num_workers=1)
     return result[[s.name for s in sigs]].to_numpy()  # pySCENIC sorts columns by name
+
+
+# --- regulons: pySCENIC's load_motifs and df2regulons (flashscenic.regulons) -------------
+
+
+def _transform_api():
+    """``pyscenic.utils.load_motifs`` and ``pyscenic.transform.df2regulons``.
+
+    pyscenic.transform uses ``np.object`` (removed in numpy 2) once, at import, to build
+    dtype metadata; the alias is lent for the import only and removed again.
+    """
+    import sys
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if "pyscenic.transform" not in sys.modules:
+            lent = not hasattr(np, "object")
+            if lent:
+                np.object = object
+            try:
+                import pyscenic.transform  # noqa: F401
+            finally:
+                if lent:
+                    del np.object
+        from pyscenic.transform import df2regulons
+        from pyscenic.utils import load_motifs
+    return load_motifs, df2regulons
+
+
+def pyscenic_load_motifs(path) -> pd.DataFrame:
+    """pySCENIC's ``load_motifs(path)``: the (TF, MotifID)-indexed frame with 'Enrichment' columns."""
+    load_motifs, _ = _transform_api()
+    return load_motifs(str(path))
+
+
+def pyscenic_motif_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """A flashscenic motif table as the frame pySCENIC's ctx step returns (and load_motifs reads)."""
+    columns = ["AUC", "Annotation", "Context", "MotifSimilarityQvalue", "NES", "OrthologousIdentity", "RankAtMax", "TargetGenes"]
+    frame = table[columns].copy()
+    frame.index = pd.MultiIndex.from_arrays([table["TF"], table["MotifID"]], names=["TF", "MotifID"])
+    frame.columns = pd.MultiIndex.from_tuples([("Enrichment", c) for c in columns])
+    return frame
+
+
+def pyscenic_regulons(frame: pd.DataFrame) -> list:
+    """pySCENIC's ``df2regulons(frame, save_columns=[NES, OrthologousIdentity, MotifSimilarityQvalue, Annotation])``.
+
+    Its progress ``print`` calls are swallowed. Returns ctxcore ``Regulon`` objects in
+    pySCENIC's order.
+    """
+    import contextlib
+    import io
+
+    _, df2regulons = _transform_api()
+    save = ["NES", "OrthologousIdentity", "MotifSimilarityQvalue", "Annotation"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        return df2regulons(frame, save_columns=save)
+
+
+# --- modules, RSS, binarisation: pySCENIC's utils, rss and binarization ------------------
+
+
+def _lend_numpy_aliases():
+    """Lend ``np.float`` and ``np.msort`` (both removed in numpy 2) for one oracle call.
+
+    pySCENIC 0.12.1 still calls them in ``rss.regulon_specificity_scores``,
+    ``binarization.derive_threshold`` and ``diptest``, so on numpy 2 those functions fail
+    with AttributeError before computing anything. ``np.msort(a)`` was ``np.sort(a, axis=0)``.
+    Returns a function that takes the aliases back.
+    """
+    lent = []
+    for name, value in (("float", float), ("msort", lambda a: np.sort(a, axis=0))):
+        if not hasattr(np, name):
+            setattr(np, name, value)
+            lent.append(name)
+
+    def give_back():
+        for name in lent:
+            delattr(np, name)
+
+    return give_back
+
+
+def adjacency_table(weights: np.ndarray, tf_names, gene_names) -> pd.DataFrame:
+    """The positive entries of a TF x gene matrix as pySCENIC's adjacency table, in matrix order."""
+    weights = np.asarray(weights, dtype=np.float64)
+    rows, cols = np.nonzero(weights > 0)
+    return pd.DataFrame(
+        {
+            "TF": np.asarray(tf_names, dtype=object)[rows],
+            "target": np.asarray(gene_names, dtype=object)[cols],
+            "importance": weights[rows, cols],
+        }
+    )
+
+
+def pyscenic_modules(
+    weights,
+    tf_names,
+    gene_names,
+    *,
+    percentile_thresholds=(75,),
+    top_n_targets=(50,),
+    top_n_per_target=(5, 10, 50),
+    min_genes=20,
+    expression=None,
+    rho_threshold=0.03,
+    keep_only_activating=True,
+) -> list[tuple[str, frozenset, dict]]:
+    """pySCENIC's ``modules_from_adjacencies`` on the adjacency table of ``weights``.
+
+    Without ``expression``: ``rho_dichotomize=False`` (the expression frame is then only
+    deduplicated, so a one-row placeholder is passed). Returns (TF, context, gene2weight)
+    per module, in pySCENIC's order.
+    """
+    import logging
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pyscenic.utils import modules_from_adjacencies
+    logging.getLogger("pyscenic.utils").setLevel(logging.ERROR)
+    adjacencies = adjacency_table(weights, tf_names, gene_names)
+    if expression is None:
+        frame = pd.DataFrame(np.zeros((1, len(gene_names))), columns=list(gene_names))
+    else:
+        frame = pd.DataFrame(np.asarray(expression, dtype=np.float64), columns=list(gene_names))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pandas' groupby.apply deprecation, corrcoef of constants
+        modules = modules_from_adjacencies(
+            adjacencies,
+            frame,
+            thresholds=[q / 100 for q in percentile_thresholds],
+            top_n_targets=tuple(top_n_targets),
+            top_n_regulators=tuple(top_n_per_target),
+            min_genes=min_genes,
+            rho_dichotomize=expression is not None,
+            keep_only_activating=keep_only_activating,
+            rho_threshold=rho_threshold,
+        )
+    return [(m.transcription_factor, frozenset(m.context), dict(m.gene2weight)) for m in modules]
+
+
+def pyscenic_rss(auc: pd.DataFrame, labels: pd.Series) -> pd.DataFrame:
+    """pySCENIC's ``regulon_specificity_scores(auc, labels)`` (cell types in order of appearance)."""
+    from pyscenic.rss import regulon_specificity_scores
+
+    give_back = _lend_numpy_aliases()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # 0/0 for a regulon whose AUC sums to 0
+            return regulon_specificity_scores(auc, labels)
+    finally:
+        give_back()
+
+
+def pyscenic_binarize(auc: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.Series]:
+    """pySCENIC's ``binarize(auc, seed=seed, num_workers=1)``: (binary frame, thresholds).
+
+    Its ``multiprocessing.Pool`` is swapped for an in-process one (same ``starmap`` calls,
+    same order), so no process is forked from the test run.
+    """
+    import itertools
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pyscenic.binarization as binarization
+
+    class InProcessPool:
+        def __init__(self, processes=None):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def starmap(self, func, iterable):
+            return list(itertools.starmap(func, iterable))
+
+    give_back = _lend_numpy_aliases()
+    pool, binarization.Pool = binarization.Pool, InProcessPool
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return binarization.binarize(auc, seed=seed, num_workers=1)
+    finally:
+        binarization.Pool = pool
+        give_back()
+
+
+def pyscenic_dip(values: np.ndarray) -> float:
+    """pySCENIC's Hartigan dip statistic ``diptest.dip_fn(sorted values)``."""
+    from pyscenic.diptest import dip_fn
+
+    give_back = _lend_numpy_aliases()
+    try:
+        return float(dip_fn(np.sort(np.asarray(values)), False, True))
+    finally:
+        give_back()

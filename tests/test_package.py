@@ -26,3 +26,10 @@ def test_import_is_light():
     code = "import sys, flashscenic; print(sorted(m for m in ('torch', 'dask', 'zarr', 'regdiffusion') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_binarize_stays_the_module_function_after_binarization_is_imported():
+    code = ("import flashscenic, flashscenic.binarization, flashscenic.modules; "
+            "print(flashscenic.binarize is flashscenic.modules.binarize)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"

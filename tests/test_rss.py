@@ -1,0 +1,136 @@
+"""Regulon specificity scores equal pySCENIC's regulon_specificity_scores."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from flashscenic._errors import InputError
+from flashscenic.rss import regulon_specificity_scores
+from pyscenic_oracle import pyscenic_rss
+
+TOL = 1e-12
+
+
+def random_case(case: int):
+    """AUC-like values (many exact zeros), string cell names, 1 to 7 unequal cell types."""
+    rng = np.random.default_rng(900 + case)
+    n_cells, n_regulons = int(rng.integers(3, 250)), int(rng.integers(1, 25))
+    auc = rng.random((n_cells, n_regulons)) * (rng.random((n_cells, n_regulons)) < rng.uniform(0.05, 1))
+    if case % 3 == 0:
+        auc = auc.astype(np.float32)
+    types = rng.choice(["T", "B", "NK", "mono", "DC", "stem", "x"][: int(rng.integers(1, 8))], n_cells)
+    cells = [f"cell{i}" for i in range(n_cells)]
+    frame = pd.DataFrame(auc, index=cells, columns=[f"Reg{j}(+)" for j in range(n_regulons)])
+    return frame, pd.Series(types, index=cells)
+
+
+def quiet(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return fn(*args, **kwargs)
+
+
+@pytest.mark.parametrize("case", range(12))
+def test_equals_pyscenic_on_random_inputs(case):
+    frame, labels = random_case(case)
+    got = quiet(regulon_specificity_scores, frame, labels)
+    assert list(got.index) == sorted(set(labels))  # sorted; pySCENIC keeps order of appearance
+    assert list(got.columns) == list(frame.columns)
+    # We compute in float64; pySCENIC in the AUC's dtype (float32 rounding ~1e-7 there).
+    expected = pyscenic_rss(frame.astype(np.float64), labels).loc[got.index, got.columns]
+    np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(dtype=np.float64), rtol=0, atol=TOL)
+    if (frame.dtypes == np.float32).all():
+        as_given = pyscenic_rss(frame, labels).loc[got.index, got.columns]
+        np.testing.assert_allclose(got.to_numpy(), as_given.to_numpy(dtype=np.float64), rtol=0, atol=1e-6)
+
+
+def test_specific_regulon_scores_one():
+    labels = np.array(["a"] * 5 + ["b"] * 5)
+    auc = np.zeros((10, 2))
+    auc[:5, 0] = 0.3  # on exactly in type a, uniformly
+    auc[:, 1] = 0.2
+    got = regulon_specificity_scores(auc, labels)
+    assert got.loc["a", 0] == pytest.approx(1.0, abs=1e-12)
+    assert got.loc["b", 0] == pytest.approx(1 - np.sqrt(np.log(2)), abs=1e-12)  # disjoint: JS = log 2
+    # uniform p against half the cells: JS = log 2 - (3/4) log(4/3) - (1/4) log(4) ... closed form
+    p, q = np.full(10, 0.1), np.r_[np.full(5, 0.2), np.zeros(5)]
+    m = (p + q) / 2
+    js = 0.5 * (np.sum(p * np.log(p / m)) + np.sum(q[:5] * np.log(q[:5] / m[:5])))
+    assert got.loc["a", 1] == pytest.approx(1 - np.sqrt(js), abs=1e-12)
+    np.testing.assert_allclose(got.to_numpy(), pyscenic_rss(pd.DataFrame(auc), pd.Series(labels)).loc[["a", "b"]].to_numpy(), atol=TOL)
+
+
+def test_all_zero_regulon_is_nan_with_one_warning_naming_it():
+    frame, labels = random_case(1)
+    frame.iloc[:, 0] = 0.0
+    if frame.shape[1] > 2:
+        frame.iloc[:, 2] = 0.0
+    with pytest.warns(RuntimeWarning, match=re.escape(str(frame.columns[0]))) as record:
+        got = regulon_specificity_scores(frame, labels)
+    assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
+    zero = (frame.to_numpy() == 0).all(axis=0)
+    assert got.loc[:, zero].isna().all().all()
+    assert not got.loc[:, ~zero].isna().any().any()
+    expected = pyscenic_rss(frame, labels).loc[got.index]
+    assert expected.loc[:, zero].isna().all().all()
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [
+        pytest.param(lambda f: f.to_numpy(), id="numpy"),
+        pytest.param(lambda f: torch.from_numpy(f.to_numpy().copy()), id="torch"),
+    ],
+)
+def test_array_inputs_and_regulon_names(convert):
+    frame, labels = random_case(4)
+    expected = quiet(regulon_specificity_scores, frame, labels)
+    got = quiet(regulon_specificity_scores, convert(frame), labels.to_numpy(), regulon_names=list(frame.columns))
+    pd.testing.assert_frame_equal(got, expected)
+    unnamed = quiet(regulon_specificity_scores, convert(frame), list(labels))
+    assert list(unnamed.columns) == list(range(frame.shape[1]))
+    np.testing.assert_array_equal(unnamed.to_numpy(), expected.to_numpy())
+
+
+def test_labels_are_matched_to_cells_by_index():
+    frame, labels = random_case(5)
+    shuffled = labels.sample(frac=1.0, random_state=0)
+    got = quiet(regulon_specificity_scores, frame, shuffled)
+    pd.testing.assert_frame_equal(got, quiet(regulon_specificity_scores, frame, labels))
+    positional = pd.Series(labels.to_numpy())  # RangeIndex: by position
+    pd.testing.assert_frame_equal(quiet(regulon_specificity_scores, frame, positional), got)
+    categorical = pd.Series(pd.Categorical(labels), index=labels.index)
+    pd.testing.assert_frame_equal(quiet(regulon_specificity_scores, frame, categorical), got)
+
+
+@pytest.mark.parametrize(
+    "auc, labels, message",
+    [
+        pytest.param(np.ones((3, 2)), ["a", "b"], "3 cells", id="length"),
+        pytest.param(np.ones((3, 2)), ["a", None, "b"], "missing", id="missing-label"),
+        pytest.param(np.ones(3), ["a", "b", "c"], "2-D", id="1-d"),
+        pytest.param(-np.ones((3, 2)), ["a", "b", "c"], "negative", id="negative"),
+        pytest.param(np.full((3, 2), np.nan), ["a", "b", "c"], "NaN", id="nan"),
+        pytest.param(np.ones((0, 2)), [], "at least one cell", id="empty"),
+        pytest.param(np.ones((3, 2)), "abc", "one string", id="string"),
+    ],
+)
+def test_errors(auc, labels, message):
+    with pytest.raises(InputError, match=message):
+        regulon_specificity_scores(auc, labels)
+
+
+def test_error_for_labels_of_other_cells():
+    frame, labels = random_case(2)
+    other = labels.copy()
+    other.index = [f"other{i}" for i in range(len(labels))]
+    with pytest.raises(InputError, match="does not match"):
+        regulon_specificity_scores(frame, other)
+    with pytest.raises(InputError, match="regulon_names"):
+        regulon_specificity_scores(frame.to_numpy(), labels.to_numpy(), regulon_names=["a"])
