@@ -46,6 +46,8 @@ _API = {
     "binarize_auc": "binarization",
     "derive_threshold": "binarization",
     "dip_statistic": "binarization",
+    "infer_grn": "grn",
+    "GRNResult": "grn",
     "RankingDatabase": "rankdb",
     "read_ranking_database": "rankdb",
     "simulate_expression": "simulate",

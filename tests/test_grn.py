@@ -1,0 +1,55 @@
+"""RegDiffusion wrapper: TF rows, threshold, constant genes, seeding, sparse input, errors."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from flashscenic.grn import infer_grn, weights_to_adjacencies
+
+
+def data(n_cells=200, n_genes=40, seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.log1p(rng.negative_binomial(2, 0.4, size=(n_cells, n_genes))).astype(np.float32)
+    x[:, 5] = x[:, 0] + rng.normal(0, 0.1, n_cells)  # gene 0 drives gene 5
+    x[:, 7] = 0.0  # a constant gene
+    return x, [f"g{j}" for j in range(n_genes)]
+
+
+def test_weights_are_tf_rows_thresholded_and_seeded():
+    x, genes = data()
+    tfs = ["g3", "g0", "g7", "not_a_gene"]
+    result = infer_grn(x, genes, tfs, n_steps=30, sparsity_threshold=0.5, device="cpu", seed=1, verbose=False)
+    assert result.tf_names == ["g0", "g3", "g7"]  # gene order, absent TFs dropped
+    assert result.weights.shape == (3, 40) and result.weights.dtype == np.float32
+    nonzero = result.weights[result.weights != 0]
+    assert nonzero.size and nonzero.min() >= 0.5
+    assert not result.weights[:, 7].any() and not result.weights[2].any()  # constant gene: no links
+    again = infer_grn(x, genes, tfs, n_steps=30, sparsity_threshold=0.5, device="cpu", seed=1, verbose=False)
+    np.testing.assert_array_equal(result.weights, again.weights)
+    table = result.adjacencies
+    assert list(table.columns) == ["TF", "target", "importance"] and len(table) == nonzero.size
+
+
+def test_sparse_input_and_cell_sampling():
+    x, genes = data(n_cells=300)
+    result = infer_grn(sp.csr_matrix(x), genes, ["g0"], n_steps=10, max_cells=150, device="cpu", seed=2, verbose=False)
+    assert result.weights.shape == (1, 40)
+
+
+def test_adjacency_table_order():
+    table = weights_to_adjacencies(np.array([[0, 2.0, 3.0], [1.0, 0, 0]]), ["B", "A"], ["x", "y", "z"])
+    assert table.values.tolist() == [["A", "x", 1.0], ["B", "z", 3.0], ["B", "y", 2.0]]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"tf_names": ["nope"]}, "none of the 1 TFs is among the 40 genes"),
+     ({"gene_names": ["g"] * 40}, "gene names must be unique"),
+     ({"gene_names": ["a"]}, "1 gene names for 40 expression columns"),
+     ({"tf_names": ["g7"]}, "no TF varies")],
+)
+def test_errors(kwargs, message):
+    x, genes = data()
+    arguments = {"gene_names": genes, "tf_names": ["g0"], **kwargs}
+    with pytest.raises(ValueError, match=message):
+        infer_grn(x, arguments["gene_names"], arguments["tf_names"], n_steps=5, device="cpu", verbose=False)
