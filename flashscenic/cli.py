@@ -83,7 +83,42 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--ties", choices=["pyscenic", "average"], default="pyscenic",
                       help="AUCell tie handling (default: %(default)s)")
     demo.set_defaults(run=_demo)
+
+    download = commands.add_parser(
+        "download", parents=[common], help="download and verify cisTarget resources into the cache",
+        description="Download the ranking databases, motif annotation and TF list of one species and "
+        "motif collection, verify each against its published SHA-1, and print their paths. Verified "
+        "files already in the cache are reused without touching the network; an interrupted download "
+        "resumes where it stopped.",
+    )
+    download.add_argument("--species", default="human", help="human, mouse or drosophila (default: %(default)s)")
+    download.add_argument("--version", default="v10", help="motif collection: v10 or v9 (default: %(default)s)")
+    download.add_argument("--datasource", default="scenic", help="registered datasource (default: %(default)s)")
+    _cache_flag(download)
+    download.add_argument("--force", action="store_true", help="download again even when a verified copy is cached")
+    download.add_argument("--base-url", help="a mirror's base URL (default: $FLASHSCENIC_RESOURCE_URL, "
+                          "else the datasource's)")
+    download.add_argument("--offline", action="store_true", default=None,
+                          help="never use the network (default: $FLASHSCENIC_OFFLINE)")
+    download.add_argument("--quiet", action="store_true", help="no progress bars")
+    download.set_defaults(run=_download)
+
+    resources = commands.add_parser(
+        "resources", parents=[common], help="list the available resource sets and what is cached",
+        description="List the registered resource sets (species, motif collection) with their files, "
+        "sizes where known, and the state of each in the cache (verified, unverified, partial, missing). "
+        "Never touches the network.",
+    )
+    resources.add_argument("--species", help="only this species")
+    resources.add_argument("--version", help="only this motif collection")
+    resources.add_argument("--datasource", help="only this datasource")
+    _cache_flag(resources)
+    resources.set_defaults(run=_resources)
     return parser
+
+
+def _cache_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-dir", help="cache directory (default: $FLASHSCENIC_CACHE, else ./flashscenic_data)")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -118,3 +153,40 @@ def _format_recovery(table) -> str:
     shown = table.copy()
     shown["recovered"] = shown["recovered"].map({True: "yes", False: "NO"})
     return shown.reset_index().to_string(index=False, float_format="{:.4f}".format)
+
+
+def _download(args: argparse.Namespace) -> int:
+    from .data import download_data
+
+    got = download_data(args.species, args.version, args.datasource, cache_dir=args.cache_dir, force=args.force,
+                        base_url=args.base_url, offline=args.offline, verbose=not args.quiet)
+    print(f"{got.datasource} {got.species} {got.version}: verified, in {got.directory}")
+    for path in got.ranking_databases:
+        print(f"  ranking database  {path}")
+    print(f"  motif annotation  {got.motif_annotation}")
+    print(f"  TF list           {got.tf_list}")
+    return 0
+
+
+_KIND_LABELS = {"ranking_database": "ranking database", "motif_annotation": "motif annotation", "tf_list": "TF list"}
+
+
+def _resources(args: argparse.Namespace) -> int:
+    from .data import format_size, cache_status, list_available_resources
+
+    for index, resource_set in enumerate(list_available_resources(args.datasource, args.species, args.version)):
+        if index:
+            print()
+        status = cache_status(resource_set, args.cache_dir)
+        print(f"{resource_set.datasource} {resource_set.species} {resource_set.version}"
+              f"{f' ({resource_set.description})' if resource_set.description else ''}: "
+              f"{sum(s.state == 'verified' for s in status)}/{len(status)} files cached in "
+              f"{resource_set.directory(args.cache_dir)}")
+        for item in status:
+            if item.state == "partial":
+                size = f"{format_size(item.size)} of {format_size(item.file.size)}" if item.file.size \
+                    else f"{format_size(item.size)} so far"
+            else:
+                size = format_size(item.size if item.size is not None else item.file.size)
+            print(f"  {_KIND_LABELS.get(item.file.kind, item.file.kind):<17} {item.file.name}  [{size}, {item.state}]")
+    return 0

@@ -11,12 +11,26 @@ so gathering them is cheap. ``RankingDatabase.rankings`` exposes the motifs x ge
 the rest of the code and pySCENIC think in, without a copy.
 
 Reading never goes through pandas: columns are read from the IPC file a block at a time,
-so peak memory stays close to one copy of the ranks (about 1.05x the database).
+so peak memory stays close to one copy of the ranks (measured: 1.3x the ranks, including
+library start-up; see BENCHMARKS.md).
+
+The first read of a large database also writes a memory-mappable copy beside it (the
+cache): ``<file>.flashscenic-cache.npy`` holds exactly ``ranks_by_gene``, and
+``<file>.flashscenic-cache.json`` the names and what the cache was made from (the source's
+size, mtime, inode and SHA-1). Later reads map the ``.npy`` (no copy, no validation, nothing
+resident until the ranks are used), and every process of a node shares the same pages
+through the page cache. A cache whose source changed is rebuilt; a damaged one is rebuilt
+with a warning; where the source's directory is not writable the cache goes to
+``$XDG_CACHE_HOME/flashscenic/rankdb`` (default ``~/.cache/...``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +42,19 @@ import pyarrow.ipc as ipc
 
 from ._errors import InputError
 
-__all__ = ["RankingDatabase", "read_ranking_database", "INDEX_COLUMNS"]
+__all__ = ["RankingDatabase", "read_ranking_database", "read_database_gene_names", "INDEX_COLUMNS"]
 
 logger = logging.getLogger(__name__)
 
 INDEX_COLUMNS = ("motifs", "tracks", "features")
-_COLUMNS_PER_READ = 1024  # gene columns read at a time: bounds the transient copy
+_COLUMNS_PER_READ = 512  # gene columns read at a time: bounds the transient copy
 _MOTIFS_PER_CHECK = 256  # motifs checked at a time for being permutations
+_CACHE_SUFFIX = ".flashscenic-cache"
+_CACHE_FORMAT = "flashscenic-ranking-database-cache"
+_CACHE_VERSION = 1
+# With cache=True, smaller databases are read directly: they load in milliseconds anyway,
+# and a copy beside every test fixture or toy database would only litter directories.
+_CACHE_MIN_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,8 +129,8 @@ class RankingDatabase:
         return database
 
 
-def read_ranking_database(path, name: str | None = None, validate: bool = True) -> RankingDatabase:
-    """Read a Feather (v2, or legacy v1) cisTarget ranking database.
+def read_ranking_database(path, name: str | None = None, validate: bool = True, cache=True) -> RankingDatabase:
+    """Read a Feather (v2, or legacy v1) cisTarget ranking database, through a fast cache.
 
     Parameters
     ----------
@@ -120,14 +140,33 @@ def read_ranking_database(path, name: str | None = None, validate: bool = True) 
         Database name; default the file name without its extension, as in pySCENIC.
     validate
         Check that every motif's ranks are a permutation of 0..n_genes-1 (one pass over
-        the ranks; the memory-mapped cache skips it on later loads).
+        the ranks). With the cache this happens once, when the cache is made.
+    cache
+        ``True`` (default): for a database of 16 MiB or more, write a memory-mappable copy
+        of the ranks on first read (beside the file, or in ``~/.cache/flashscenic/rankdb``
+        when its directory is not writable) and map it on later reads: about a second
+        instead of tens, and no memory used until the ranks are read. A directory: keep
+        the cache there (any size). ``False``: always read the Feather file.
+
+    Returns
+    -------
+    RankingDatabase
+        Its ``ranks_by_gene`` is a copy-on-write ``numpy.memmap`` when it comes from the cache.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ranking database {str(path)!r} does not exist")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise InputError(f"ranking database {str(path)!r} is empty (0 bytes); download it again")
     name = path.stem if name is None else name  # pySCENIC: the file name without its extension
+    if cache is False or cache is None or (cache is True and size < _CACHE_MIN_BYTES):
+        return _read_source(path, name, validate)
+    return _read_through_cache(path, name, validate, None if cache is True else Path(cache))
+
+
+def _read_source(path: Path, name: str, validate: bool) -> RankingDatabase:
+    """Read the Feather file itself (v1 or v2), check names and, if asked, the permutations."""
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic[:4] == b"FEA1":
@@ -141,6 +180,194 @@ def read_ranking_database(path, name: str | None = None, validate: bool = True) 
         check_permutations(database.ranks_by_gene, str(path))
     logger.info("read %s: %d motifs x %d genes", name, database.n_motifs, database.n_genes)
     return database
+
+
+def read_database_gene_names(path) -> np.ndarray:
+    """The gene names of a ranking database, without reading its ranks.
+
+    For early checks (does the expression data use the database's gene names?) before any
+    heavy work: it reads the cache's names when a fresh cache exists, else only the
+    Feather schema (v2: the file footer; v1: a memory map, nothing copied).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ranking database {str(path)!r} does not exist")
+    for npy, meta_path in _cache_candidates(path, None):
+        meta = _read_meta(meta_path)
+        if meta is not None and _same_stat(meta, path.stat()):
+            return np.asarray(meta["gene_names"], dtype=str)
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    try:
+        if magic == b"ARROW1":
+            schema = ipc.open_file(str(path)).schema
+        elif magic[:4] == b"FEA1":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                schema = feather.read_table(str(path), memory_map=True).schema
+        else:
+            raise InputError(f"{str(path)!r} is not a Feather ranking database (its first bytes are {magic!r})")
+    except (pa.ArrowInvalid, OSError) as error:
+        raise InputError(f"{str(path)!r} could not be read ({error}); it may be truncated: download it again") from None
+    _, gene_positions, _ = _layout(schema, path)
+    return np.array([schema.field(i).name for i in gene_positions], dtype=str)
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+def _read_through_cache(path: Path, name: str, validate: bool, directory: Path | None) -> RankingDatabase:
+    """Map a valid cache of ``path``, or read ``path`` and make one (under a lock)."""
+    candidates = _cache_candidates(path, directory)
+    for npy, meta_path in candidates:
+        database = _load_cache(path, name, validate, npy, meta_path)
+        if database is not None:
+            return database
+    for npy, meta_path in candidates:
+        if _writable(npy.parent):
+            return _build_cache(path, name, validate, npy, meta_path)
+    warnings.warn(f"no writable directory for the cache of {path} (tried {', '.join(str(n.parent) for n, _ in candidates)}); "
+                  "reading the Feather file each time", stacklevel=3)
+    return _read_source(path, name, validate)
+
+
+def _cache_candidates(path: Path, directory: Path | None) -> list[tuple[Path, Path]]:
+    """Where a cache of ``path`` may live, in order: ``directory``, or beside it then the fallback."""
+    if directory is not None:
+        places = [(directory, path.name)]
+    else:
+        key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+        places = [(path.parent, path.name), (_fallback_cache_dir(), f"{key}-{path.name}")]
+    return [(d / f"{stem}{_CACHE_SUFFIX}.npy", d / f"{stem}{_CACHE_SUFFIX}.json") for d, stem in places]
+
+
+def _fallback_cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "flashscenic" / "rankdb"
+
+
+def _writable(directory: Path) -> bool:
+    """Can files be created in ``directory`` (made if missing)? Tried, not guessed from permissions."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".flashscenic-probe-"):
+            return True
+    except OSError:
+        return False
+
+
+def _read_meta(meta_path: Path) -> dict | None:
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _same_stat(meta: dict, stat: os.stat_result) -> bool:
+    source = meta.get("source") or {}
+    return (source.get("size"), source.get("mtime_ns"), source.get("inode")) == (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+def _load_cache(path: Path, name: str, validate: bool, npy: Path, meta_path: Path) -> RankingDatabase | None:
+    """The database mapped from a valid cache, or None (missing, stale or damaged: rebuild)."""
+    if not meta_path.exists():
+        return None
+    meta = _read_meta(meta_path)
+    if meta is None or meta.get("format") != _CACHE_FORMAT:
+        warnings.warn(f"the database cache {meta_path} is damaged (unreadable); rebuilding it", stacklevel=4)
+        return None
+    if meta.get("version") != _CACHE_VERSION:
+        logger.info("%s was written by another flashscenic (cache format %s); rebuilding it", meta_path, meta.get("version"))
+        return None
+    stat = path.stat()
+    if not _same_stat(meta, stat):
+        source = meta.get("source") or {}
+        if source.get("size") != stat.st_size or _sha1_of(path) != source.get("sha1"):
+            logger.info("%s changed since its cache was made; rebuilding the cache", path)
+            return None
+        meta["source"].update(mtime_ns=stat.st_mtime_ns, inode=stat.st_ino)  # same bytes, copied or touched
+        _write_json(meta_path, meta)
+    try:
+        ranks = np.load(npy, mmap_mode="c", allow_pickle=False)
+        motif_names = np.asarray(meta["motif_names"], dtype=str)
+        gene_names = np.asarray(meta["gene_names"], dtype=str)
+        if (not isinstance(ranks, np.memmap) or ranks.shape != (gene_names.size, motif_names.size)
+                or ranks.dtype != np.dtype(meta["dtype"]) or not ranks.flags.c_contiguous):
+            raise ValueError(f"shape {ranks.shape} {ranks.dtype}, expected {gene_names.size} x {motif_names.size} {meta['dtype']}")
+    except (OSError, ValueError, KeyError, TypeError, EOFError) as error:
+        warnings.warn(f"the database cache {npy} is damaged ({error}); rebuilding it", stacklevel=4)
+        return None
+    database = RankingDatabase(name, motif_names, gene_names, ranks)
+    if validate and not meta.get("validated"):
+        try:
+            check_permutations(ranks, str(path))
+        except InputError:
+            return None  # the cache was made without validation: rebuild, and let the source speak
+        meta["validated"] = True
+        _write_json(meta_path, meta)
+    logger.info("mapped %s from its cache %s: %d motifs x %d genes", name, npy, database.n_motifs, database.n_genes)
+    return database
+
+
+def _build_cache(path: Path, name: str, validate: bool, npy: Path, meta_path: Path) -> RankingDatabase:
+    """Read the source once, write the cache (``.npy`` then ``.json``, each atomically), map it.
+
+    A lock keeps the processes of a node from all converting the same database at once:
+    the others wait, then map what the first one wrote.
+    """
+    from filelock import FileLock
+
+    with FileLock(str(meta_path.with_name(meta_path.name + ".lock"))):
+        database = _load_cache(path, name, validate, npy, meta_path)  # made while we waited?
+        if database is not None:
+            return database
+        before = path.stat()
+        database = _read_source(path, name, validate)
+        meta = {
+            "format": _CACHE_FORMAT, "version": _CACHE_VERSION,
+            "source": {"file": path.name, "size": before.st_size, "mtime_ns": before.st_mtime_ns,
+                       "inode": before.st_ino, "sha1": _sha1_of(path)},
+            "dtype": database.ranks_by_gene.dtype.str, "validated": bool(validate),
+            "motif_names": database.motif_names.tolist(), "gene_names": database.gene_names.tolist(),
+        }
+        if not _same_stat(meta, path.stat()):
+            logger.warning("%s changed while it was read; not caching it", path)
+            return database
+        tmp = npy.with_name(f".{npy.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                np.save(f, database.ranks_by_gene, allow_pickle=False)
+            os.replace(tmp, npy)
+            _write_json(meta_path, meta, strict=True)
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            warnings.warn(f"could not write the database cache {npy} ({error}); reading the Feather file each time",
+                          stacklevel=4)
+            return database
+        logger.info("cached %s as %s", path, npy)
+    mapped = _load_cache(path, name, False, npy, meta_path)
+    return mapped if mapped is not None else database
+
+
+def _write_json(target: Path, content: dict, strict: bool = False) -> None:
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(content))
+        os.replace(tmp, target)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        if strict:
+            raise
+        logger.info("could not update %s (read-only?); it stays valid", target)
+
+
+def _sha1_of(path: Path) -> str:
+    hasher = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            hasher.update(chunk)
+    return hasher.hexdigest()
 
 
 def _read_v2(path: Path, name: str) -> RankingDatabase:
@@ -158,6 +385,8 @@ def _read_v2(path: Path, name: str) -> RankingDatabase:
             if column.null_count:
                 raise InputError(f"{str(path)!r}: gene column {block.column_names[offset]!r} has missing ranks")
             ranks[start + offset] = column.to_numpy()
+        del block
+        pa.default_memory_pool().release_unused()  # else Arrow's pool keeps every freed block: 2x peak
     gene_names = np.array([schema.field(i).name for i in gene_positions], dtype=str)
     return RankingDatabase(name, motif_names, gene_names, ranks)
 
