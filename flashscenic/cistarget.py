@@ -90,9 +90,20 @@ def _sort_rows(values: torch.Tensor, with_order: bool):
     return torch.from_numpy(np.take_along_axis(array, order, axis=1)), torch.from_numpy(order)
 
 
-def _auc_numerators(module_ranks: torch.Tensor, weights: torch.Tensor, c: int) -> torch.Tensor:
-    """sum_g w_g max(0, c - R_mg) for every motif; module_ranks is motifs x module genes."""
-    return (c - module_ranks.to(torch.float64)).clamp_(min=0) @ weights
+def _gather_columns(ranks: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """ranks[:, index]; numpy's fancy indexing is about 8x faster than torch's on the CPU."""
+    if ranks.device.type != "cpu":
+        return ranks[:, index]
+    return torch.from_numpy(ranks.numpy()[:, index.numpy()])
+
+
+def _auc_numerators(module_ranks: torch.Tensor, weights: torch.Tensor | None, c: int) -> torch.Tensor:
+    """sum_g w_g max(0, c - R_mg) for every motif; module_ranks is motifs x module genes.
+    ``weights=None`` (unweighted) stays in integers: exact, and no float64 copy."""
+    scores = (c - module_ranks.to(torch.int32)).clamp_(min=0)
+    if weights is None:
+        return scores.sum(dim=1).to(torch.float64)
+    return scores.to(torch.float64) @ weights
 
 
 def _recovery_moments(module_ranks: torch.Tensor, weights: torch.Tensor | None, rank_threshold: int):
@@ -164,9 +175,9 @@ def compute_recovery_aucs(rankings, module_gene_indices, rank_threshold: int, au
     """
     ranks, index, w = _module_inputs(rankings, module_gene_indices, weights)
     c = rank_cutoff(auc_threshold, ranks.shape[1], rank_threshold)
-    module_ranks = ranks[:, index]
+    module_ranks = _gather_columns(ranks, index)
     curves = _recovery_curves(module_ranks, w, rank_threshold)
-    return curves, _auc_numerators(module_ranks, w, c) / ((c + 1) * w.sum())
+    return curves, _auc_numerators(module_ranks, None if weights is None else w, c) / ((c + 1) * w.sum())
 
 
 def prune_single_module(rankings, module_gene_indices, rank_threshold: int = 5000, auc_threshold: float = 0.05,
@@ -181,8 +192,8 @@ def prune_single_module(rankings, module_gene_indices, rank_threshold: int = 500
     """
     ranks, index, w = _module_inputs(rankings, module_gene_indices, weights)
     c = rank_cutoff(auc_threshold, ranks.shape[1], rank_threshold)
-    module_ranks = ranks[:, index]
-    aucs = _auc_numerators(module_ranks, w, c) / ((c + 1) * w.sum())
+    module_ranks = _gather_columns(ranks, index)
+    aucs = _auc_numerators(module_ranks, None if weights is None else w, c) / ((c + 1) * w.sum())
     nes = compute_nes(aucs)
     enriched = nes >= nes_threshold
     if enriched.any():
