@@ -36,6 +36,9 @@ $(REF)/.installed:
 
 bench: install $(REF)/.installed
 	$(BIN)/python benchmarks/aucell.py --ref-python $(REF)/bin/python --out BENCHMARKS.md
+	$(BIN)/python benchmarks/cistarget.py --ref-python $(REF)/bin/python --out BENCHMARKS.md
+	$(BIN)/python benchmarks/database_load.py --out BENCHMARKS.md
+	$(BIN)/python benchmarks/store.py --out BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) .venv-ref build *.egg-info .pytest_cache

@@ -12,3 +12,7 @@ class FlashscenicError(Exception):
 
 class InputError(FlashscenicError, ValueError):
     """The caller's data or arguments are wrong; the message says what and how to fix it."""
+
+
+class MissingFileError(InputError, FileNotFoundError):
+    """An input file that does not exist; catchable as FileNotFoundError too."""

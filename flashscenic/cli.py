@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Sequence
 
 from . import __version__
+from ._cli_store import add_export_parser, add_ingest_parser
 from ._errors import FlashscenicError
 
 __all__ = ["main"]
@@ -114,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     resources.add_argument("--datasource", help="only this datasource")
     _cache_flag(resources)
     resources.set_defaults(run=_resources)
+
+    add_ingest_parser(commands, common)
+    add_export_parser(commands, common)
     return parser
 
 

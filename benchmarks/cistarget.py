@@ -1,0 +1,378 @@
+"""cisTarget pruning benchmark: flashscenic vs pySCENIC 0.12.1 / ctxcore 0.2.0, on the CPU.
+
+    .venv/bin/python benchmarks/cistarget.py --ref-python .venv-ref/bin/python [--out BENCHMARKS.md]
+
+Built like ``benchmarks/aucell.py``: one run, same machine, same data for every row; each
+measured row in a fresh process (``_cistarget_reference.py``) with the same timing and
+memory code; the references in their own venv, data passed through ``.npz``/``.tsv``
+files in ``benchmarks/_work/``. Only the pruning is timed; building the database object
+from the rank matrix is timed apart ("load").
+
+Data (fixed seed): a database of int16 rank permutations, motifs x genes; modules of
+uniformly random size, the TF first with weight 1.0, GRN weights uniform in (0.01, 10);
+for each module a third of its genes are planted near the top of a few motifs' rankings,
+so those motifs are enriched; a motif2tf table annotating 5% of the motifs to each TF
+(plus most of its planted motifs), a third of the rows failing the q-value filter.
+
+pySCENIC's module2df is slow (about 1 s a module at full size), so it runs on a fixed
+random subset of the modules (``--reference-modules``, default 100 of 500); the ratios
+are per module, and the table says so. ctxcore's loop runs every module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+RUNNER = HERE / "_cistarget_reference.py"
+SEED = 0
+PLANTED_MOTIFS = 3  # motifs per module with a third of the module planted near the top
+ANNOTATED_FRACTION = 0.05  # of all motifs, annotated to each TF
+Q_VALUES = (0.0, 1e-6, 1e-4, 1e-3, 0.01, 0.2)  # the last two fail the default fdr of 0.001
+IDENTITIES = (1.0, 0.9, 0.5, 0.0)
+
+# motifs, genes, modules, smallest module, largest module, pySCENIC modules; Feather motifs x genes
+FULL = {"prune": (5_000, 20_000, 500, 20, 500, 100), "feather": (5_876, 27_015)}
+QUICK = {"prune": (300, 6_000, 24, 20, 150, 12), "feather": (300, 2_000)}
+
+
+def make_case(n_motifs, n_genes, n_modules, smallest, largest):
+    """Rank matrix, modules (gene indices, weights, TF first), and the motif2tf rows."""
+    rng = np.random.default_rng(SEED)
+    gene_names = np.array([f"G{j:05d}" for j in range(n_genes)])
+    motif_names = np.array([f"motif{i:05d}" for i in range(n_motifs)])
+    tfs = rng.choice(n_genes, size=n_modules, replace=False)
+    modules, weights, planted_by_module, planted = [], [], [], {}
+    for tf in tfs:
+        size = int(rng.integers(smallest, largest + 1))
+        targets = rng.choice(np.delete(np.arange(n_genes), tf), size=size - 1, replace=False)
+        modules.append(np.concatenate([[tf], targets]))
+        weights.append(np.concatenate([[1.0], rng.uniform(0.01, 10.0, size=size - 1)]))
+        motifs = rng.choice(n_motifs, size=PLANTED_MOTIFS, replace=False)
+        planted_by_module.append(motifs)
+        for motif in motifs:
+            planted.setdefault(int(motif), []).append(rng.choice(modules[-1], size=size // 3, replace=False))
+
+    ranks = np.empty((n_motifs, n_genes), dtype=np.int16)
+    for m in range(n_motifs):
+        order = rng.permutation(n_genes)  # order[r] = the gene at rank r
+        for top in planted.get(m, []):  # the planted genes start at a random rank below 3x their number
+            rest = order[~np.isin(order, top)]
+            cut = int(rng.integers(0, 3 * len(top)))
+            order = np.concatenate([rest[:cut], rng.permutation(top), rest[cut:]])
+        ranks[m, order] = np.arange(n_genes, dtype=np.int16)
+
+    rows = []
+    for tf, motifs in zip(tfs, planted_by_module):
+        chosen = set(rng.choice(n_motifs, size=int(ANNOTATED_FRACTION * n_motifs), replace=False).tolist())
+        chosen |= {int(m) for m in motifs if rng.random() < 0.8}
+        for motif in sorted(chosen):
+            q, identity = rng.choice(Q_VALUES), rng.choice(IDENTITIES)
+            rows.append([motif_names[motif], f"name_{motif_names[motif]}", gene_names[tf], q, identity,
+                         "gene is directly annotated" if q == 0 else f"motif similar to {motif_names[motif]} ('q = {q}')"])
+    annotations = pd.DataFrame(rows, columns=["#motif_id", "motif_name", "gene_name", "motif_similarity_qvalue",
+                                              "orthologous_identity", "description"])
+    return {"ranks": ranks, "gene_names": gene_names, "motif_names": motif_names, "tfs": tfs,
+            "module_offsets": np.cumsum([0] + [len(m) for m in modules]), "module_genes": np.concatenate(modules),
+            "module_weight_values": np.concatenate(weights),
+            "subset_order": rng.permutation(n_modules)}, annotations
+
+
+def write_feather(path: Path, n_motifs: int, n_genes: int) -> None:
+    """A Feather v2 ranking database as cisTarget's: int16 gene columns, then ``motifs``; uncompressed."""
+    import pyarrow as pa
+    import pyarrow.feather as feather
+
+    rng = np.random.default_rng(SEED + 1)
+    by_gene = np.empty((n_genes, n_motifs), dtype=np.int16)
+    for m in range(n_motifs):
+        by_gene[:, m] = rng.permutation(n_genes)  # any permutation is a valid rank vector
+    columns = [pa.array(row) for row in by_gene] + [pa.array([f"motif{i:05d}" for i in range(n_motifs)])]
+    names = [f"G{j:05d}" for j in range(n_genes)] + ["motifs"]
+    feather.write_feather(pa.Table.from_arrays(columns, names=names), str(path), compression="uncompressed")
+
+
+def run_case(python: str, impl: str, data: Path, workdir: Path, **options) -> dict:
+    """Run one implementation in a fresh process; return its JSON report plus its result arrays."""
+    out = workdir / f"result_{impl}_{'_'.join(f'{k}{v}' for k, v in options.items() if k != 'annotations')}.npz"
+    cmd = [python, str(RUNNER), "--impl", impl, "--data", str(data), "--out", str(out)]
+    for key, value in options.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    print(f"  {impl}", " ".join(f"{k}={v}" for k, v in options.items() if k != "annotations"), flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"{impl} failed with exit code {proc.returncode}")
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    if out.exists():
+        with np.load(out) as result:
+            report["result"] = {key: result[key] for key in result.files}
+        out.unlink()
+    per_module = f", {report['seconds'] / report['n_modules']:.3g} s/module" if "n_modules" in report else ""
+    print(f"    {report['seconds']:.3g} s{per_module}, peak RSS {report['peak_mib']:,.0f} MiB", flush=True)
+    return report
+
+
+def compare_tables(ours: dict, ref: dict, modules, tf_of_module) -> str:
+    """pySCENIC's motif rows vs ours on the modules pySCENIC ran: keys, AUC, NES, leading edges."""
+    tfs = set(tf_of_module[modules].tolist())
+    keep = np.isin(ours["tf"], list(tfs))
+    mine = {(t, m): k for k, (t, m) in enumerate(zip(ours["tf"][keep], ours["motif"][keep]))}
+    rows = np.flatnonzero(keep)
+    theirs = {(t, m): k for k, (t, m) in enumerate(zip(ref["tf"], ref["motif"]))}
+    if set(mine) != set(theirs):
+        return f"(TF, MotifID) sets DIFFER: {len(mine)} ours vs {len(theirs)} pySCENIC, {len(set(mine) & set(theirs))} shared"
+    a = np.array([rows[mine[key]] for key in theirs])
+    b = np.array(list(theirs.values()))
+    if len(a) == 0:
+        return "no rows on either side"
+    auc = np.abs(ours["auc"][a] - ref["auc"][b]).max()
+    nes = np.abs(ours["nes"][a] - ref["nes"][b]).max()
+    at_max = int((ours["rank_at_max"][a] == ref["rank_at_max"][b]).sum())
+    targets = sum(json.loads(x) == json.loads(y) for x, y in zip(ours["targets"][a], ref["targets"][b]))
+    return (f"same {len(a)} (TF, MotifID); max \\|ΔAUC\\| {auc:.1e}, max \\|ΔNES\\| {nes:.1e}; "
+            f"RankAtMax {at_max}/{len(a)}, TargetGenes {targets}/{len(a)} identical")
+
+
+def compare_loops(ours: dict, ref: dict) -> str:
+    """ctxcore's single-module results vs ours on the modules ctxcore ran."""
+    position = {int(k): i for i, k in enumerate(ours["modules"])}
+    rows = np.array([position[int(k)] for k in ref["modules"]])
+    auc = np.abs(ours["aucs"][rows] - ref["aucs"]).max()
+    nes = np.abs(ours["nes"][rows] - ref["nes"]).max()
+    mine = {(int(ours["modules"][k]), m): (r, e) for k, m, r, e in
+            zip(ours["edge_module"], ours["edge_motif"], ours["rank_at_max"], ours["edges"])}
+    theirs = {(int(ref["modules"][k]), m): (r, e) for k, m, r, e in
+              zip(ref["edge_module"], ref["edge_motif"], ref["rank_at_max"], ref["edges"])}
+    mine = {key: value for key, value in mine.items() if key[0] in set(ref["modules"].tolist())}
+    if set(mine) != set(theirs):
+        return f"enriched (module, motif) sets DIFFER: {len(mine)} ours vs {len(theirs)} ctxcore"
+    at_max = sum(mine[k][0] == theirs[k][0] for k in theirs)
+    edges = sum(mine[k][1] == theirs[k][1] for k in theirs)
+    return (f"same {len(theirs)} enriched (module, motif); max \\|ΔAUC\\| {auc:.1e}, max \\|ΔNES\\| {nes:.1e}; "
+            f"RankAtMax {at_max}/{len(theirs)}, leading edges {edges}/{len(theirs)} identical")
+
+
+def benchmark(sizes: dict, ref_python: str | None, repeats: int, workdir: Path) -> tuple[list, list, dict, list]:
+    """Run every row; return the pruning rows, the reading rows, versions, summary lines."""
+    ours = sys.executable
+    n_motifs, n_genes, n_modules, smallest, largest, n_reference = sizes["prune"]
+    print(f"pruning case: generating {n_motifs} motifs x {n_genes} genes, {n_modules} modules", flush=True)
+    arrays, annotations = make_case(n_motifs, n_genes, n_modules, smallest, largest)
+    data, tbl = workdir / "case.npz", workdir / "motifs.tbl"
+    np.savez(data, **arrays)
+    annotations.to_csv(tbl, sep="\t", index=False)
+    tf_of_module = arrays["gene_names"][arrays["tfs"]]
+    del arrays
+
+    rows, versions, summary = [], {}, []
+    table_case = (f"{n_motifs:,} motifs x {n_genes:,} genes, {n_modules} modules of {smallest}-{largest} genes, "
+                  f"{len(annotations):,} annotation rows")
+    refs = {}
+    if ref_python:
+        for workers in (1, 2):
+            r = run_case(ref_python, "pyscenic", data, workdir, annotations=tbl, workers=workers, modules=n_reference)
+            refs[workers] = r
+            versions["reference"] = r["versions"]
+    fast = {}
+    for compat in (1, 0):
+        r = run_case(ours, "flashscenic", data, workdir, annotations=tbl, compat=compat, repeats=repeats)
+        fast[compat] = r
+        versions["ours"] = r["versions"]
+    subset = "" if not refs or refs[1]["n_modules"] == n_modules else \
+        f" (timed on a fixed random subset of {refs[1]['n_modules']} of the {n_modules} modules)"
+    for workers, r in refs.items():
+        rows.append(prune_row(table_case, f"pySCENIC 0.12.1 module2df, {workers} process{'es' if workers > 1 else ''}"
+                              + subset, r, None, "reference"))
+    for compat, r in fast.items():
+        label = "flashscenic motif_table, " + ("pyscenic_compat_leading_edge=True" if compat else "default (bug #635 fixed)")
+        check = "no reference run" if not refs else compare_tables(r["result"], refs[1]["result"], refs[1]["result"]["modules"], tf_of_module)
+        if refs and not compat:
+            check += " (leading edges differ by design where pySCENIC takes another motif's curve)"
+        rows.append(prune_row(table_case, label, r, refs, check))
+    for workers, r in refs.items():
+        summary.append(f"pySCENIC ({workers} process{'es' if workers > 1 else ''}) time per module / flashscenic time "
+                       f"per module: {number(per_module(r) / per_module(fast[1]))}x with compat leading edges, "
+                       f"{number(per_module(r) / per_module(fast[0]))}x with the default (goal: >= 30x).")
+
+    loop_case = f"{n_motifs:,} motifs x {n_genes:,} genes, one module at a time, no annotations"
+    loop_ref = None
+    if ref_python:
+        loop_ref = run_case(ref_python, "ctxcore-loop", data, workdir)
+        rows.append(prune_row(loop_case, "ctxcore recovery + NES + leading_edge per module", loop_ref, None, "reference"))
+    loop = run_case(ours, "flashscenic-loop", data, workdir, repeats=repeats)
+    check = compare_loops(loop["result"], loop_ref["result"]) if loop_ref else "no reference run"
+    rows.append(prune_row(loop_case, "flashscenic prune_single_module per module", loop, {1: loop_ref} if loop_ref else {}, check))
+    if loop_ref:
+        summary.append(f"ctxcore time per module / flashscenic prune_single_module time per module: "
+                       f"{number(per_module(loop_ref) / per_module(loop))}x (goal: >= 30x).")
+    data.unlink()
+
+    n_motifs, n_genes = sizes["feather"]
+    feather_file = workdir / "database.feather"
+    print(f"Feather case: writing {n_motifs} motifs x {n_genes} genes", flush=True)
+    write_feather(feather_file, n_motifs, n_genes)
+    size_mib = feather_file.stat().st_size / 2**20
+    read_case = f"Feather v2, {n_motifs:,} motifs x {n_genes:,} genes int16, uncompressed, {size_mib:,.0f} MiB"
+    read_rows = []
+    for python, impl, label in ((ref_python or ours, "read-pandas", "pyarrow.feather.read_feather (pandas DataFrame)"),
+                                (ours, "read-flashscenic", "flashscenic.rankdb.read_ranking_database, cache=False (read + validate)")):
+        r = run_case(python, impl, feather_file, workdir)
+        over = r["peak_mib"] - r["baseline_mib"]
+        read_rows.append([read_case, label, number(r["seconds"]), f"{r['peak_mib']:,.0f}", f"{over:,.0f}",
+                          f"{over / size_mib:.2f}x"])
+        if impl == "read-flashscenic":
+            summary.append(f"Reading the Feather database: peak memory over the RSS before / file size = "
+                           f"{over / size_mib:.2f}x (goal: <= 1.3x).")
+    return rows, read_rows, versions, summary
+
+
+def per_module(report: dict) -> float:
+    return report["seconds"] / report["n_modules"]
+
+
+def prune_row(case: str, label: str, r: dict, refs: dict | None, check: str) -> list:
+    """Table cells; the speed-up is reference time per module / this row's time per module."""
+    speedup = ", ".join(f"{number(per_module(ref) / per_module(r))}x vs {workers} process{'es' if workers > 1 else ''}"
+                        for workers, ref in (refs or {}).items()) or "—"
+    if refs and len(refs) == 1:
+        speedup = speedup.split(" vs ")[0]
+    memory = f"{r['peak_mib']:,.0f}"
+    if r["children_peak_mib"]:
+        memory += f" (largest worker: {r['children_peak_mib']:,.0f})"
+    return [case, label, str(r["n_modules"]), number(r["seconds"]), number(per_module(r) * 1000),
+            "—" if r["load_seconds"] is None else number(r["load_seconds"]),
+            speedup, check, memory, f"{r['peak_mib'] - r['baseline_mib']:,.0f}"]
+
+
+def number(x: float) -> str:
+    """3 significant digits, without exponents for the large numbers."""
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def machine() -> dict:
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": ram_gib, "python": platform.python_version(),
+            "load": os.getloadavg()[0]}
+
+
+def markdown(rows, read_rows, versions, summary, info, command, repeats) -> str:
+    header = ["case", "implementation", "modules timed", "seconds", "ms / module", "load (s)",
+              "speed-up per module", "same results as the reference?", "peak RSS (MiB)", "peak over input (MiB)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    read_header = ["case", "implementation", "seconds", "peak RSS (MiB)", "peak over RSS before (MiB)", "that / file size"]
+    read_lines = ["| " + " | ".join(read_header) + " |", "|" + "---|" * len(read_header)]
+    read_lines += ["| " + " | ".join(row) + " |" for row in read_rows]
+    ours, ref = versions.get("ours", {}), versions.get("reference")
+    refs = (f"pySCENIC {ref['pyscenic']}, ctxcore {ref['ctxcore']} (their own venv: numpy {ref['numpy']}, "
+            f"pandas {ref['pandas']})" if ref else "not run (no --ref-python)")
+    return "\n".join([
+        "## cisTarget pruning",
+        "",
+        f"Measured {datetime.date.today().isoformat()} on {info['cpu']}, {info['cores']} cores, "
+        f"{info['ram_gib']:.0f} GiB RAM (1-minute load average {info['load']:.2f} at the start, "
+        f"{os.getloadavg()[0]:.2f} at the end); Python {info['python']}, torch {ours.get('torch')} "
+        f"({ours.get('torch_threads')} threads), numpy {ours.get('numpy')}, flashscenic {ours.get('flashscenic')}. "
+        f"References: {refs}.",
+        "",
+        f"Command: `{command}`",
+        "",
+        "CPU only, rank_threshold=5000, auc_threshold=0.05, nes_threshold=3.0, unweighted recovery (pySCENIC's "
+        f"default), seed={SEED}. Synthetic data: int16 rank permutations; modules with the TF first (weight 1.0) and "
+        "GRN weights uniform in (0.01, 10); for each module a third of its genes planted near the top of "
+        f"{PLANTED_MOTIFS} motifs' rankings; a motif2tf table annotating {ANNOTATED_FRACTION:.0%} of the motifs to each "
+        "TF plus most of its planted motifs, q-values drawn from "
+        f"{', '.join(map(str, Q_VALUES))} (a third of the rows fail the 0.001 filter). "
+        "Seconds: the pruning only, reading the annotation table included (pySCENIC: `load_motif_annotations` then "
+        "`transform.module2df` with `module2features_auc1st_impl` per module, on an in-memory ctxcore "
+        "database, which spares it the per-module Feather reads of a real run; flashscenic: `load_annotations` then "
+        "`motif_table`). Load: building the database object from the rank matrix, timed apart (flashscenic: "
+        "`load_from_tensor`, which validates every motif's permutation). Every row runs in a fresh process after an "
+        "untimed warm-up on 3 modules and builds its database afresh, so no cache carries over "
+        f"(flashscenic: best of {repeats}; references: one run). pySCENIC with 2 processes is the modules split in "
+        "two halves over two forked workers, which is what `prune2df(num_workers=2)` amounts to; the workers share "
+        "the database copy-on-write, their peaks are listed but not added. Peak RSS and peak over input as in the "
+        "AUCell section. The speed-up is the reference's time per module over ours (ours always runs all modules). "
+        "Results are compared on the modules the reference ran: flashscenic's rows must equal pySCENIC's with "
+        "`pyscenic_compat_leading_edge=True` (pySCENIC bug #635); the single-module loop compares with ctxcore's "
+        "leading edges from each motif's own curve.",
+        "",
+        *lines,
+        "",
+        "Reading a ranking database (the file was just written, so it is in the page cache for both; one run "
+        "each, in a fresh process; peak over the RSS before the read, divided by the file size):",
+        "",
+        *read_lines,
+        "",
+        *[line + "\n" for line in summary],
+    ])
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace the ``## cisTarget pruning`` section of ``path`` (up to the next ``## ``), or append one."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(r"^## cisTarget pruning[ \t]*\n.*?(?=^## |\Z)", re.M | re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text.rstrip("\n") + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ref-python", help="python of the reference venv (pyscenic 0.12.1, ctxcore 0.2.0); "
+                        "references are skipped when absent")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not a measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="flashscenic timings: best of this many")
+    parser.add_argument("--reference-modules", type=int, help="time pySCENIC's module2df on a fixed random subset "
+                        "of this many modules (default: 100 of 500; --quick: 12 of 24)")
+    parser.add_argument("--out", type=Path, help="markdown file whose '## cisTarget pruning' section to write or replace")
+    args = parser.parse_args()
+
+    ref_python = args.ref_python
+    if ref_python and not Path(ref_python).exists():
+        print(f"reference python {ref_python} not found: skipping pySCENIC and ctxcore")
+        ref_python = None
+    elif not ref_python:
+        print("no --ref-python: skipping pySCENIC and ctxcore")
+
+    sizes = dict(QUICK if args.quick else FULL)
+    if args.reference_modules:
+        sizes["prune"] = (*sizes["prune"][:5], args.reference_modules)
+    python = os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..") else sys.executable
+    command = shlex.join([python, *sys.argv])
+    (HERE / "_work").mkdir(exist_ok=True)
+    info = machine()
+    with tempfile.TemporaryDirectory(dir=HERE / "_work") as tmp:
+        rows, read_rows, versions, summary = benchmark(sizes, ref_python, args.repeats, Path(tmp))
+
+    section = markdown(rows, read_rows, versions, summary, info, command, args.repeats)
+    print("\n" + section)
+    if args.out:
+        write_section(args.out, section)
+        print(f"wrote the cisTarget pruning section of {args.out}")
+
+
+if __name__ == "__main__":
+    main()
