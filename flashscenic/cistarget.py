@@ -115,15 +115,13 @@ def _recovery_moments(module_ranks: torch.Tensor, weights: torch.Tensor | None, 
     """
     n_motifs, n_genes = module_ranks.shape
     ranks, order = _sort_rows(module_ranks, with_order=weights is not None)
-    counted = ranks < rank_threshold
-    at = ranks[counted].long()
     if weights is None:
-        odd = torch.arange(1, 2 * n_genes, 2, dtype=torch.float64, device=ranks.device).expand(n_motifs, n_genes)
-        first = torch.bincount(at, minlength=rank_threshold)[:rank_threshold]
-        second = torch.bincount(at, weights=odd[counted], minlength=rank_threshold)[:rank_threshold]
-        s1, s2 = first.cumsum(0), second.cumsum(0).to(torch.int64)
+        first, second = _unweighted_increments(ranks, rank_threshold)
+        s1, s2 = first.cumsum(0), second.cumsum(0)
         variance = (n_motifs * s2 - s1 * s1).to(torch.float64) / (n_motifs * n_motifs)
         return s1.to(torch.float64) / n_motifs, variance.sqrt_()
+    counted = ranks < rank_threshold
+    at = ranks[counted].long()
     step = weights[order]
     cumulative = step.cumsum(dim=1)
     first = torch.bincount(at, weights=step[counted], minlength=rank_threshold)[:rank_threshold]
@@ -131,6 +129,33 @@ def _recovery_moments(module_ranks: torch.Tensor, weights: torch.Tensor | None, 
     mean = first.cumsum(0) / n_motifs
     variance = (second.cumsum(0) / n_motifs - mean**2).clamp_(min=0)
     return mean, variance.sqrt_()
+
+
+def _unweighted_increments(ranks: torch.Tensor, rank_threshold: int, use_numpy: bool | None = None):
+    """Per rank r < rank_threshold: how many motifs gain a module gene there, and the sum of
+    (2k - 1) over those gains (k: the gene's place in its motif's sorted row), int64.
+
+    Rows are sorted, so the counted ranks are a prefix of each row and k follows from the
+    prefix lengths. numpy does this about 2x faster than torch on the CPU.
+    """
+    if use_numpy is None:
+        use_numpy = ranks.device.type == "cpu"
+    if use_numpy:
+        array = ranks.numpy()
+        counted = array < rank_threshold
+        lengths = counted.sum(axis=1)
+        at = array[counted]
+        place = np.arange(at.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        first = np.bincount(at, minlength=rank_threshold)
+        second = np.bincount(at, weights=2 * place + 1, minlength=rank_threshold)
+        return torch.from_numpy(first), torch.from_numpy(np.rint(second).astype(np.int64))
+    n_motifs, n_genes = ranks.shape
+    counted = ranks < rank_threshold
+    at = ranks[counted].long()
+    odd = torch.arange(1, 2 * n_genes, 2, device=ranks.device).expand(n_motifs, n_genes)
+    first = torch.bincount(at, minlength=rank_threshold)
+    second = torch.bincount(at, weights=odd[counted].to(torch.float64), minlength=rank_threshold)
+    return first, second.round().to(torch.int64)
 
 
 def _recovery_curves(module_ranks: torch.Tensor, weights: torch.Tensor, rank_threshold: int) -> torch.Tensor:

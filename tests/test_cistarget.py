@@ -337,3 +337,23 @@ def test_prune_modules_regulons_equal_pyscenic_df2regulons(seed, tmp_path):
         assert regulon["score"] == pytest.approx(reference.score, rel=1e-12)
         assert regulon["n_genes"] == len(reference.gene2weight)
         assert regulon["database"] == "db" and regulon["tf"] == reference.transcription_factor
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_unweighted_increments_numpy_and_torch_routes_agree(seed):
+    """The CPU route (numpy) and the device route (torch, used on CUDA) give the same counts."""
+    from flashscenic.cistarget import _unweighted_increments
+
+    rng = np.random.default_rng(seed)
+    n_genes = int(rng.integers(50, 3000))
+    size = int(rng.integers(1, 50))
+    ranks = np.sort(np.stack([rng.choice(n_genes, size=size, replace=False)
+                              for _ in range(int(rng.integers(1, 200)))]), axis=1).astype(np.int16)
+    tensor = torch.from_numpy(ranks)
+    rank_threshold = int(rng.integers(1, n_genes))
+    via_numpy = _unweighted_increments(tensor, rank_threshold, use_numpy=True)
+    via_torch = _unweighted_increments(tensor, rank_threshold, use_numpy=False)
+    for a, b in zip(via_numpy, via_torch):
+        assert a.dtype == b.dtype == torch.int64 and a.shape == b.shape == (rank_threshold,)
+        assert torch.equal(a, b)
+    assert int(via_numpy[0].sum()) == int((ranks < rank_threshold).sum())
