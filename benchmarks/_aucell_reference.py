@@ -29,34 +29,15 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import resource
 import time
 from importlib.metadata import version
 
 import numpy as np
 
+from _common import children_peak_mib, reset_peak_rss, status_mib
+
 
 WARMUP_CELLS = 64
-
-
-def status_mib(field: str) -> float:
-    """A memory field of /proc/self/status (VmRSS: now, VmHWM: peak) in MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def reset_peak_rss() -> None:
-    """Start the peak (VmHWM) afresh, so loading the inputs does not count as kernel memory."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def children_peak_mib() -> float:
-    """Peak resident set of the largest finished child process (pySCENIC's workers), MiB."""
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 def load_expression(data):

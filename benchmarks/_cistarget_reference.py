@@ -31,13 +31,14 @@ import argparse
 import gc
 import json
 import multiprocessing
-import resource
 import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+
+from _common import children_peak_mib, reset_peak_rss, status_mib
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the pySCENIC oracle
@@ -46,24 +47,6 @@ RANK_THRESHOLD, AUC_THRESHOLD, NES_THRESHOLD = 5000, 0.05, 3.0
 DB_NAME = "synthetic"
 CONTEXT = ("weight>75.0%", "activating")
 WARMUP_MODULES = 3
-
-
-def status_mib(field: str) -> float:
-    """A memory field of /proc/self/status (VmRSS: now, VmHWM: peak) in MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def reset_peak_rss() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def children_peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 def load_case(path: str, n_modules: int) -> dict:

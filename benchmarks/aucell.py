@@ -26,8 +26,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import re
 import shlex
 import subprocess
 import sys
@@ -35,6 +33,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from _common import machine, write_section
 import scipy.sparse as sp
 
 HERE = Path(__file__).resolve().parent
@@ -108,18 +108,6 @@ def run_case(python: str, data: Path, workdir: Path, impl: str, **options) -> di
     out.unlink()
     print(f"    {report['seconds']:.3g} s, peak RSS {report['peak_mib']:,.0f} MiB", flush=True)
     return report
-
-
-def machine() -> dict:
-    """CPU model, core count, RAM and Python version, for the report header."""
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": ram_gib, "python": platform.python_version()}
 
 
 def benchmark(sizes: dict, ref_python: str | None, repeats: int, workdir: Path) -> tuple[list, dict, list]:
@@ -232,17 +220,6 @@ def markdown(rows: list, versions: dict, summary: list, sizes: dict, info: dict,
         "",
         *[line + "\n" for line in summary],
     ])
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace the ``## AUCell`` section of ``path`` (up to the next ``## ``), or append one."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## AUCell[ \t]*\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
 
 
 def main() -> None:

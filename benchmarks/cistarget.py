@@ -25,8 +25,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import re
 import shlex
 import subprocess
 import sys
@@ -34,6 +32,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from _common import machine, write_section
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
@@ -263,18 +263,6 @@ def number(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
 
 
-def machine() -> dict:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": ram_gib, "python": platform.python_version(),
-            "load": os.getloadavg()[0]}
-
-
 def markdown(rows, read_rows, versions, summary, info, command, repeats) -> str:
     header = ["case", "implementation", "modules timed", "seconds", "ms / module", "load (s)",
               "speed-up per module", "same results as the reference?", "peak RSS (MiB)", "peak over input (MiB)"]
@@ -326,17 +314,6 @@ def markdown(rows, read_rows, versions, summary, info, command, repeats) -> str:
         "",
         *[line + "\n" for line in summary],
     ])
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace the ``## cisTarget pruning`` section of ``path`` (up to the next ``## ``), or append one."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## cisTarget pruning[ \t]*\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
 
 
 def main() -> None:

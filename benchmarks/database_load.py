@@ -27,8 +27,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import re
 import shlex
 import subprocess
 import sys
@@ -38,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import machine, reset_peak_rss, status_mib, write_section
+
 HERE = Path(__file__).resolve().parent
 FULL = (5_876, 27_015)
 QUICK = (300, 2_000)
@@ -46,20 +46,6 @@ NAME = "synthetic_v10.genes_vs_motifs.rankings.feather"  # ctxcore insists on th
 
 
 # ----------------------------------------------------------------------------- the child (one measurement)
-
-
-def status_mib(field: str) -> float:
-    """A memory field of /proc/self/status (VmRSS: now, VmHWM: peak) in MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def child(args) -> None:
@@ -81,7 +67,7 @@ def child(args) -> None:
         load(tiny)  # the second call takes the cached path where there is one
     before = status_mib("VmRSS")
     db = args.db
-    reset_peak()
+    reset_peak_rss()
     start = time.perf_counter()
     loaded = load(db)
     seconds = time.perf_counter() - start
@@ -137,17 +123,6 @@ def measure(mode: str, db: Path, repeats: int) -> dict:
     return best
 
 
-def machine() -> dict:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": ram_gib, "python": platform.python_version()}
-
-
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -191,17 +166,6 @@ def markdown(rows: list, summary: list, shape: tuple, sizes: dict, info: dict, f
         "",
         *[line + "\n" for line in summary],
     ])
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace the ``## Database load`` section of ``path`` (up to the next ``## ``), or append one."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Database load[ \t]*\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
 
 
 def main() -> None:

@@ -26,8 +26,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import re
 import shlex
 import shutil
 import subprocess
@@ -37,6 +35,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from _common import machine, reset_peak_rss, status_mib, write_section
 
 HERE = Path(__file__).resolve().parent
 SEED = 0
@@ -97,21 +97,6 @@ def generate_h5ad(path: Path, n_cells: int, n_genes: int) -> dict:
 
 
 # --- one measurement per process ---------------------------------------------------------
-
-
-def status_mib(field: str) -> float:
-    """A memory field of /proc/self/status (VmRSS: now, VmHWM: peak) in MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def reset_peak_rss() -> None:
-    """Start the peak (VmHWM) afresh, after the imports."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def child(job: str, h5ad: Path, store_path: Path) -> dict:
@@ -177,17 +162,6 @@ def run_child(job: str, h5ad: Path, store_path: Path, repeats: int = 1) -> dict:
 
 
 # --- report ------------------------------------------------------------------------------
-
-
-def machine() -> dict:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": ram_gib, "python": platform.python_version()}
 
 
 def folder_bytes(path: Path) -> int:
@@ -256,17 +230,6 @@ def markdown(reports: dict, shape, generated: dict, info: dict, command: str) ->
         f"({reports['anndata-read']['peak_mib']:,.0f} MiB).",
         "",
     ])
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace the ``## Store`` section of ``path`` (up to the next ``## ``), or append one."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Store[ \t]*\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
 
 
 def main() -> None:
