@@ -109,14 +109,9 @@ def _auc_values(auc_matrix, regulon_names):
         regulons = list(auc_matrix.columns)
         values = auc_matrix.to_numpy()
     else:
-        try:
-            import torch
-        except ImportError:  # pragma: no cover - torch is a dependency
-            torch = None
-        if torch is not None and isinstance(auc_matrix, torch.Tensor):
-            values = auc_matrix.detach().cpu().numpy()
-        else:
-            values = np.asarray(auc_matrix)
+        from .modules import to_numpy
+
+        values = to_numpy(auc_matrix)
         regulons = None
     if values.ndim != 2:
         raise InputError(f"auc_matrix must be 2-D (cells x regulons), got shape {values.shape}")
