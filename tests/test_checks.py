@@ -9,7 +9,8 @@ from flashscenic import rankdb
 from flashscenic.checks import (check_gene_overlap, check_inputs, check_motif_annotation, check_tf_overlap,
                                 read_tf_names)
 from flashscenic.rankdb import RankingDatabase
-from test_rankdb import FIXTURES, ranks, write
+from pyscenic_fixtures import FIXTURES
+from test_rankdb import ranks, write
 
 HUMAN = ["GAPDH", "ACTB", "TP53", "MYC", "SOX2", "PAX6", "FOXA1", "GATA1", "SPI1", "CEBPA", "HNF4A", "KLF4",
          "NANOG", "POU5F1", "RUNX1", "TAL1", "ELF1", "ETV6", "IRF8", "STAT1"]

@@ -13,10 +13,9 @@ import torch
 from flashscenic import CisTargetPruner, compute_nes, compute_recovery_aucs, prune_single_module
 from flashscenic.cistarget import MotifAnnotation, filter_by_annotations
 from flashscenic.rankdb import RankingDatabase, read_ranking_database
+from pyscenic_fixtures import FIXTURES, needs_fixtures
 from pyscenic_prune_oracle import ctxcore_module, frame_database, pyscenic_module2df
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "pyscenic"
-needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"pySCENIC fixtures not found at {FIXTURES}")
 AUC_TOL, NES_TOL = 1e-6, 1e-4
 
 

@@ -10,7 +10,6 @@ import base64
 import json
 import warnings
 import zlib
-from pathlib import Path
 
 import anndata as ad
 import h5py
@@ -37,6 +36,7 @@ from flashscenic.export import (
 )
 from flashscenic.regulons import read_motifs_csv, regulons_from_motifs
 from flashscenic.store import MissingFileError, create_results_store, ingest_expression, open_expression_store
+from pyscenic_fixtures import FIXTURES
 from test_store import (
     N_CELLS,
     assert_motif_tables_equal,
@@ -51,7 +51,6 @@ from test_store import (
     write_loom,
 )
 
-FIXTURES = Path(__file__).parents[2] / "shared" / "fixtures" / "pyscenic"
 MOTIFS_CSV = FIXTURES / "GSE60361.motifs.csv.gz"
 
 

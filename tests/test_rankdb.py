@@ -1,6 +1,5 @@
 """Ranking databases: Feather v2 in any layout, legacy v1, and clear errors for bad files."""
 
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -8,8 +7,8 @@ import pyarrow.feather as feather
 import pytest
 
 from flashscenic.rankdb import RankingDatabase, read_ranking_database
+from pyscenic_fixtures import FIXTURES, needs_fixtures
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "pyscenic"
 
 
 def ranks(n_motifs=7, n_genes=50, dtype=np.int16, seed=0):
@@ -47,7 +46,7 @@ def test_uncompressed_v2(tmp_path):
     np.testing.assert_array_equal(read_ranking_database(write(tmp_path / "a.feather", matrix, compression="uncompressed")).rankings, matrix)
 
 
-@pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"pySCENIC fixtures not found at {FIXTURES}")
+@needs_fixtures
 def test_real_legacy_v1_fixture_loads():
     database = read_ranking_database(FIXTURES / "hg19-tss-centered-10kb-10species.mc9nr.feather")
     assert (database.n_motifs, database.n_genes) == (5, 22284)

@@ -27,9 +27,9 @@ from flashscenic.regulons import (
     validate_motif_table,
     write_motifs_csv,
 )
+from pyscenic_fixtures import FIXTURES
 from pyscenic_oracle import pyscenic_load_motifs, pyscenic_motif_frame, pyscenic_regulons
 
-FIXTURES = Path(__file__).parents[2] / "shared" / "fixtures" / "pyscenic"
 MOTIFS_CSV = FIXTURES / "GSE60361.motifs.csv.gz"
 N_RANDOM_TABLES = 24
 
