@@ -24,7 +24,7 @@ test: install
 	$(BIN)/python -m pytest
 
 demo: install
-	$(BIN)/flashscenic demo
+	$(BIN)/flashscenic demo --out demo_out
 
 # The references live in their own venv: flashscenic 0.2.0 has our package name.
 REF := .venv-ref
@@ -39,6 +39,7 @@ bench: install $(REF)/.installed
 	$(BIN)/python benchmarks/cistarget.py --ref-python $(REF)/bin/python --out BENCHMARKS.md
 	$(BIN)/python benchmarks/database_load.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/store.py --out BENCHMARKS.md
+	$(BIN)/python benchmarks/scale.py --out BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) .venv-ref build *.egg-info .pytest_cache

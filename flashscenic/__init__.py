@@ -79,8 +79,14 @@ _API = {
     "read_pyscenic_loom": "export",
     "RankingDatabase": "rankdb",
     "read_ranking_database": "rankdb",
-    "simulate_expression": "simulate",
-    "SimulatedData": "simulate",
+    "simulate_dataset": "simulate",
+    "SimulatedDataset": "simulate",
+    "evaluate_regulons": "simulate",
+    "run_flashscenic": "pipeline",
+    "run_pipeline": "pipeline",
+    "prepare_resources": "pipeline",
+    "start_executor": "distributed",
+    "write_report": "report",
 }
 
 __all__ = sorted(_API)

@@ -16,14 +16,17 @@ import time
 import traceback
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
+from ._cli_pipeline import add_pipeline_parsers
 from ._cli_store import add_export_parser, add_ingest_parser
 from ._errors import FlashscenicError
 
 __all__ = ["main"]
 
 PROG = "flashscenic"
+DEMO_GRN_STEPS = 250  # RegDiffusion steps of the demo: recall and precision 1.0 on seeds 0-2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,8 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version and argparse's own usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     debug = getattr(args, "debug", False)
-    logging.basicConfig(format=f"{PROG}: %(levelname)s: %(message)s",
-                        level=logging.DEBUG if debug else logging.WARNING)
+    _configure_logging(debug, quiet=getattr(args, "quiet", False))
     try:
         with warnings.catch_warnings():
             if not debug:
@@ -48,6 +50,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             message = " ".join(str(exc).splitlines())
             print(f"{PROG}: error: {message}", file=sys.stderr)
         return 2
+
+
+class _LogFilter(logging.Filter):
+    """flashscenic's own messages from INFO (stage progress), other libraries' (Dask's) from WARNING."""
+
+    def __init__(self, own_level: int):
+        super().__init__()
+        self.own_level = own_level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        own = record.name == PROG or record.name.startswith(PROG + ".")
+        return record.levelno >= (self.own_level if own else logging.WARNING)
+
+
+class _LogFormatter(logging.Formatter):
+    """``flashscenic: message`` for progress, ``flashscenic: warning: message`` for problems."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        return f"{PROG}: {level}{record.getMessage()}"
+
+
+def _configure_logging(debug: bool, quiet: bool) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(name)s: %(levelname)s: %(message)s") if debug
+                         else _LogFormatter())
+    own_level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    handler.addFilter(_LogFilter(own_level))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    logging.getLogger(PROG).setLevel(own_level)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -70,19 +104,26 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", required=True)
 
     demo = commands.add_parser(
-        "demo", parents=[common], help="score planted regulons in simulated data with AUCell",
-        description="Simulate cells in which 10 known regulons are active in known cell types, "
-        "score the regulons with AUCell and check that each scores highest in its planted type.",
+        "demo", parents=[common], help="the whole pipeline on simulated data with planted regulons, self-checked",
+        description="Simulate cells in which 30 TFs drive planted regulons (with decoy TFs that drive nothing), "
+        "a matching motif ranking database, annotation table and TF list; run the whole pipeline on them (GRN, "
+        "modules, pruning, AUCell, RSS) on an embedded Dask cluster; print planted vs recovered regulons and "
+        "write OUT/summary.json and OUT/report.html.",
     )
+    demo.add_argument("--out", default="demo_out", help="output folder (default: %(default)s)")
     demo.add_argument("--n-cells", type=int, default=5000, help="cells to simulate (default: %(default)s)")
-    demo.add_argument("--n-genes", type=int, default=1000,
-                      help="genes to simulate, at least 310 (default: %(default)s)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the simulation and of AUCell's tie order "
-                      "(default: %(default)s)")
+    demo.add_argument("--n-genes", type=int, default=1000, help="genes to simulate (default: %(default)s)")
+    demo.add_argument("--n-tfs", type=int, default=30, help="planted TFs (default: %(default)s)")
+    demo.add_argument("--grn-n-steps", type=int, default=DEMO_GRN_STEPS,
+                      help="RegDiffusion steps (default: %(default)s, enough for this small dataset)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the simulation and the pipeline (default: %(default)s)")
     demo.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                      help="where AUCell runs (default: %(default)s: cuda when available)")
-    demo.add_argument("--ties", choices=["pyscenic", "average"], default="pyscenic",
-                      help="AUCell tie handling (default: %(default)s)")
+                      help="where kernels run (default: %(default)s: CUDA when available)")
+    demo.add_argument("--n-workers", type=int, default=2,
+                      help="workers of the embedded Dask cluster; 0 runs in this process (default: %(default)s)")
+    demo.add_argument("--dashboard-address", default=":8787", help="Dask dashboard address (default: %(default)s; "
+                      "'none' for none)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
     demo.set_defaults(run=_demo)
 
     download = commands.add_parser(
@@ -116,6 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     _cache_flag(resources)
     resources.set_defaults(run=_resources)
 
+    add_pipeline_parsers(commands, common)
     add_ingest_parser(commands, common)
     add_export_parser(commands, common)
     return parser
@@ -126,37 +168,78 @@ def _cache_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .simulate import regulon_recovery, simulate_expression
+    import json
+
+    import anndata
+    import pandas as pd
+
+    from ._errors import InputError
+    from .distributed import start_executor
+    from .pipeline import params_from, prepare_resources, run_pipeline
+    from .report import write_report
+    from .simulate import evaluate_regulons, simulate_dataset
+    from .store import ingest_expression
 
     start = time.perf_counter()
-    data = simulate_expression(n_cells=args.n_cells, n_genes=args.n_genes, seed=args.seed)
-    simulated = time.perf_counter() - start
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+    verbose = not args.quiet
+    data = simulate_dataset(n_cells=args.n_cells, n_genes=args.n_genes, n_tfs=args.n_tfs, seed=args.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = data.write_resources(out / "resources")
+    cells = pd.DataFrame({"cell_type": data.cell_types}, index=[f"cell{i:05d}" for i in range(len(data.cell_types))])
+    adata = anndata.AnnData(data.expression, obs=cells, var=pd.DataFrame(index=list(data.gene_names)))
+    store = ingest_expression(adata, out / "expression.zarr", obs_columns=["cell_type"], overwrite=True,
+                              verbose=False)
+    print(f"Simulated {store.n_cells:,} cells x {store.n_genes:,} genes, {len(data.cell_type_names)} cell types, "
+          f"{len(data.planted_tfs)} planted TFs and {len(data.decoy_tfs)} decoys; a database of "
+          f"{len(data.motif_names):,} motifs x {len(data.database_gene_names):,} genes (seed {args.seed}).")
 
-    from ._device import resolve_device
-    from .aucell import get_aucell
+    resources = prepare_resources(tf_list_path=paths["tf_list"], ranking_db_paths=[paths["ranking_db"]],
+                                  motif_annotation_path=paths["motif_annotation"], verbose=verbose)
+    params = params_from({"grn_n_steps": args.grn_n_steps, "device": args.device, "seed": args.seed,
+                          "verbose": verbose})
+    dashboard = None if str(args.dashboard_address).lower() == "none" else args.dashboard_address
+    executor = start_executor(n_workers=args.n_workers, dashboard_address=dashboard, verbose=verbose)
+    executor_name = executor.name
+    try:
+        results = run_pipeline(store, out, resources=resources, params=params, executor=executor,
+                               cell_type_column="cell_type", verbose=verbose)
+    finally:
+        executor.close()
+    regulons = results.read_regulons()
+    found = evaluate_regulons(regulons, data, auc=results.read_auc())
+    report = write_report(results, out / "report.html", cell_type_column="cell_type")
+    seconds = time.perf_counter() - start
 
-    device = resolve_device(args.device)
-    start = time.perf_counter()
-    auc = get_aucell(data.expression, data.regulon_weights, k=None, device=device,
-                     seed=args.seed, ties=args.ties, verbose=False)
-    scored = time.perf_counter() - start
-
-    table = regulon_recovery(auc, data)
-    n_cells, n_genes = data.expression.shape
-    print(f"Simulated {n_cells} cells x {n_genes} genes, {len(data.cell_type_names)} cell types, "
-          f"{len(table)} planted regulons (seed {args.seed}).")
-    print(f"Mean AUC per cell type (ties={args.ties}); recovered: the highest mean is in the planted type.\n")
-    print(_format_recovery(table))
-    print(f"\n{int(table['recovered'].sum())}/{len(table)} planted regulons recovered "
-          f"(simulation {simulated:.2f} s, AUCell {scored:.2f} s on {device.type}).")
+    summary = {
+        "planted_tfs": found["planted_tfs"], "recovered_tfs": found["recovered_tfs"],
+        "false_regulons": found["false_regulons"], "precision": found["precision"], "recall": found["recall"],
+        "mean_target_jaccard": found["mean_target_jaccard"], "n_cells": store.n_cells, "n_genes": store.n_genes,
+        "n_regulons": len(regulons), "seconds": round(seconds, 2),
+        "stage_seconds": {k: round(v, 2) for k, v in results.timings.items()}, "seed": args.seed,
+        "grn_n_steps": args.grn_n_steps, "executor": executor_name,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print("\nPlanted vs recovered regulons (Jaccard: regulon genes vs planted targets):\n")
+    print(_format_recovery(found["table"]))
+    print(f"\nRecovered {len(found['recovered_tfs'])}/{len(found['planted_tfs'])} planted TFs "
+          f"(recall {found['recall']:.2f}), precision {found['precision']:.2f}, mean target Jaccard "
+          f"{found['mean_target_jaccard']:.2f}; {len(regulons)} regulons.")
+    print("Stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in results.timings.items())
+          + f"; total {seconds:.1f} s ({executor_name}).")
+    print(f"Wrote {out / 'summary.json'}, {report} and the results store {results.path}.")
     return 0
 
 
 def _format_recovery(table) -> str:
-    """The recovery table as aligned text, 'yes'/'NO' for recovered."""
+    """The per-TF table as aligned text ('yes'/'NO' for booleans)."""
     shown = table.copy()
-    shown["recovered"] = shown["recovered"].map({True: "yes", False: "NO"})
-    return shown.reset_index().to_string(index=False, float_format="{:.4f}".format)
+    for column in shown.columns:
+        if shown[column].dtype == bool:
+            shown[column] = shown[column].map({True: "yes", False: "NO"})
+    return shown.to_string(index=False, float_format="{:.2f}".format)
 
 
 def _download(args: argparse.Namespace) -> int:

@@ -153,8 +153,11 @@ def _varying_genes(sample) -> np.ndarray:
 
 
 def _train(trainer, verbose: bool) -> None:
-    """Train; RegDiffusion prints a progress bar we silence when not verbose."""
-    if verbose:
+    """Train; RegDiffusion's progress bar is shown only when verbose and on a terminal
+    (in a log file it would print a line per step)."""
+    import sys
+
+    if verbose and sys.stderr.isatty():
         trainer.train()
         return
     import contextlib

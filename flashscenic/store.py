@@ -1495,6 +1495,42 @@ class ResultsStore:
     def cell_names(self) -> np.ndarray:
         return _as_text(_read_table(self.path, "cells")["cell"])
 
+    def write_table(self, name: str, frame: pd.DataFrame) -> None:
+        """Write (replace) the parquet table ``name``, e.g. ``'rss'``."""
+        if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+            raise InputError(f"table name {name!r} must be letters, digits and underscores")
+        _write_table(self.path, name, frame)
+
+    def read_table(self, name: str) -> pd.DataFrame:
+        """Read the parquet table ``name``."""
+        return _read_table(self.path, name)
+
+    def read_cells(self) -> pd.DataFrame:
+        """The cells table: ``cell`` (names, in AUC row order) and any cell-label columns."""
+        frame = _read_table(self.path, "cells")
+        frame["cell"] = _as_text(frame["cell"])
+        return frame
+
+    def write_cell_labels(self, labels: pd.DataFrame) -> None:
+        """Add or replace cell-label columns (e.g. cell types).
+
+        Rows are matched to cells by index when the index holds this store's cell names (in
+        any order), else by position. Categorical columns keep their category order.
+        """
+        labels = pd.DataFrame(labels)
+        frame = self.read_cells()
+        if len(labels) != self.n_cells:
+            raise InputError(f"{len(labels)} rows of cell labels for the {self.n_cells} cells of this results store")
+        if "cell" in labels.columns:
+            raise InputError("'cell' is the column of cell names; give the labels other column names")
+        index = pd.Index(labels.index.astype(str)) if labels.index.dtype == object else None
+        if index is not None and index.is_unique and set(index) == set(frame["cell"]):
+            labels = labels.loc[labels.index[index.get_indexer(frame["cell"])]]
+        labels = labels.reset_index(drop=True)
+        for column in labels.columns:
+            frame[str(column)] = labels[column]
+        _write_table(self.path, "cells", frame)
+
     def auc_chunk_ranges(self) -> list[tuple[int, int]]:
         """Row ranges of the AUC chunks (the expression store's chunks when made from one)."""
         return [(s, min(s + self.chunk_rows, self.n_cells)) for s in range(0, self.n_cells, self.chunk_rows)]

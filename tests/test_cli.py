@@ -11,8 +11,6 @@ import pytest
 import flashscenic
 from flashscenic.cli import main
 
-DEMO_SMALL = ["demo", "--n-cells", "300", "--n-genes", "400", "--device", "cpu"]
-
 
 def test_version(capsys):
     assert main(["--version"]) == 0
@@ -23,25 +21,15 @@ def test_help_lists_subcommands(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "usage: flashscenic" in out
-    assert re.search(r"^\s+demo\s", out, re.M)
-
-
-@pytest.mark.parametrize("ties", ["pyscenic", "average"])
-def test_demo_recovers_every_planted_regulon(capsys, ties):
-    assert main([*DEMO_SMALL, "--ties", ties]) == 0
-    out = capsys.readouterr().out
-    assert "Simulated 300 cells x 400 genes" in out
-    rows = [line for line in out.splitlines() if re.match(r"\s*TF\d+\(\+\)", line)]
-    assert len(rows) == 10
-    assert all(row.split()[-1] == "yes" for row in rows), out
-    assert re.search(r"^10/10 planted regulons recovered \(.* on cpu\)\.$", out, re.M)
+    for command in ("demo", "run", "grn", "ctx", "aucell", "rss", "report", "download", "resources", "ingest", "export"):
+        assert re.search(rf"^\s+{command}\s", out, re.M), command
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
         pytest.param(["demo", "--n-cells", "0"], "n_cells must be a positive integer, got 0", id="no-cells"),
-        pytest.param(["demo", "--n-genes", "200"], "use n_genes >= 310", id="too-few-genes"),
+        pytest.param(["demo", "--n-genes", "100"], "n_genes", id="too-few-genes"),
     ],
 )
 def test_user_error_is_one_line_with_status_2(capsys, argv, message):

@@ -1,0 +1,566 @@
+"""Running the pipeline's tasks on a Dask cluster.
+
+``start_executor`` connects to a cluster (or starts one on this machine) and returns an
+executor with the interface of ``pipeline.InProcessExecutor``: ``share`` a value every task
+needs, ``map`` a task function over arguments (results in order), ``close``. The pipeline
+(``pipeline.run_pipeline``) is the same for both; only where its tasks run changes.
+
+=======================  ===============================================================
+no address given         an embedded cluster on 127.0.0.1: ``dask_cuda.LocalCUDACluster``
+                         (one worker per GPU, resource ``GPU=1``) when CUDA GPUs are there
+                         and dask-cuda is installed, else ``distributed.LocalCluster`` with
+                         process workers, one thread each
+``scheduler=ADDRESS``    an existing cluster (``dask scheduler`` + ``dask worker``/``dask
+``scheduler_file=FILE``  cuda worker``, SLURM, Kubernetes: see ``cluster/README.md``)
+``n_workers=0``          no Dask at all: ``InProcessExecutor``
+=======================  ===============================================================
+
+What the executor guarantees:
+
+* Tasks are submitted under deterministic keys (the function and its arguments hashed,
+  as ``pure=True`` does), so a task is the same task whoever submits it; they are retried
+  on another worker when theirs dies (Dask's ``allowed-failures``) and, for other
+  unexpected exceptions, ``retries`` times. A user error (``InputError``) is not retried:
+  it is raised in the caller as the original exception.
+* Shared values are scattered once to every worker; task results and shared values go
+  between the client and the workers directly, never through the scheduler.
+* Each worker sets its torch threads so that the tasks of all workers of a host use its
+  cores once (no oversubscription).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+import re
+import traceback
+import weakref
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import dask
+from distributed import WorkerPlugin
+
+from ._errors import InputError, MissingFileError
+
+__all__ = ["start_executor", "DaskExecutor", "use_cuda_cluster", "chunk_cells_for", "plan_chunk_cells",
+           "torch_threads_for"]
+
+logger = logging.getLogger("flashscenic")
+
+DEFAULT_DASHBOARD = ":8787"
+_LOCALHOST = "127.0.0.1"
+_BYTES_PER_VALUE = 16  # per cell and gene in one AUC task: the rows read (CSR or dense), a dense copy, slack
+
+
+# ----------------------------------------------------------------------------- starting
+
+
+def use_cuda_cluster() -> bool:
+    """Whether the embedded cluster is a ``LocalCUDACluster``: CUDA GPUs and dask-cuda installed.
+
+    dask-cuda is looked up (``importlib.util.find_spec``), never imported, so a machine
+    without GPUs never attempts the import.
+    """
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 1:
+        return False
+    return importlib.util.find_spec("dask_cuda") is not None
+
+
+def start_executor(
+    n_workers: int | None = None,
+    threads_per_worker: int = 1,
+    scheduler: str | None = None,
+    scheduler_file: str | os.PathLike | None = None,
+    dashboard_address: str | None = DEFAULT_DASHBOARD,
+    memory_limit: str | int | float | None = "auto",
+    security=None,
+    *,
+    retries: int = 2,
+    wait_for_workers: float = 60.0,
+    local_directory: str | os.PathLike | None = None,
+    verbose: bool = True,
+):
+    """The executor of a run: an embedded Dask cluster, an existing one, or none.
+
+    Parameters
+    ----------
+    n_workers
+        Embedded cluster: worker processes (default: one per GPU with dask-cuda; else one
+        per ``threads_per_worker`` cores, at most one per 2 GiB of memory). ``0``: no Dask, tasks run in this process (``InProcessExecutor``).
+        With ``scheduler``/``scheduler_file``: wait for at least this many workers.
+    threads_per_worker
+        Threads (concurrent tasks) per worker of the embedded cluster.
+    scheduler
+        Address of a running scheduler (``tcp://host:8786``, ``tls://...``).
+    scheduler_file
+        The scheduler file a running scheduler wrote (``dask scheduler --scheduler-file``).
+    dashboard_address
+        Embedded cluster: where the dashboard listens (``':8787'``: that port on 127.0.0.1;
+        a taken port is replaced by a free one); ``None``: no dashboard.
+    memory_limit
+        Embedded cluster: memory limit per worker (``'auto'``: the machine's memory split
+        between the workers; bytes or ``'4GiB'``). AUC chunk sizes are derived from it.
+    security
+        A ``distributed.Security`` (TLS); default: Dask's configuration
+        (``distributed.comm.tls.*``, see ``cluster/tls``).
+    retries
+        Retries of a task that raised an unexpected exception (worker loss is retried by
+        Dask itself; user errors are never retried).
+    wait_for_workers
+        Seconds to wait for the workers of an existing cluster to connect.
+    local_directory
+        Embedded cluster: the workers' scratch folder (default: Dask's, under the temp dir).
+    verbose
+        Log the cluster and its dashboard link; progress bars.
+
+    Returns
+    -------
+    DaskExecutor or pipeline.InProcessExecutor
+    """
+    from .pipeline import InProcessExecutor, _configure_logging
+
+    _configure_logging(verbose)
+    external = scheduler is not None or scheduler_file is not None
+    if scheduler is not None and scheduler_file is not None:
+        raise InputError("give a scheduler address or a scheduler file, not both")
+    if n_workers is not None and (isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 0):
+        raise InputError(f"n_workers must be a non-negative integer, got {n_workers!r}")
+    if isinstance(threads_per_worker, bool) or not isinstance(threads_per_worker, int) or threads_per_worker < 1:
+        raise InputError(f"threads_per_worker must be a positive integer, got {threads_per_worker!r}")
+    if n_workers == 0:
+        if external:
+            raise InputError("n_workers=0 runs in this process; it cannot be combined with a scheduler")
+        return InProcessExecutor()
+
+    from distributed import Client
+
+    if external:
+        client = _connect(Client, scheduler, scheduler_file, security)
+        cluster = None
+        try:
+            _wait_for_workers(client, n_workers or 1, wait_for_workers)
+        except BaseException:
+            client.close()
+            raise
+    else:
+        cluster = _embedded_cluster(n_workers, threads_per_worker, dashboard_address, memory_limit, security,
+                                    local_directory)
+        try:
+            client = Client(cluster, security=security) if security is not None else Client(cluster)
+        except BaseException:
+            cluster.close()
+            raise
+    try:
+        executor = DaskExecutor(client, cluster, retries=retries, verbose=verbose)
+    except BaseException:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+        raise
+    if verbose:
+        logger.info("Dask: %s", executor.name)
+        if executor.dashboard_link and (external or dashboard_address is not None):
+            logger.info("Dask dashboard: %s", executor.dashboard_link)
+    return executor
+
+
+def default_cpu_workers(threads_per_worker: int = 1, min_memory: int = 2 * 2**30) -> int:
+    """Workers of an embedded CPU cluster: one per ``threads_per_worker`` usable cores, but at
+    least ``min_memory`` bytes of the machine's memory each (every worker holds torch)."""
+    import psutil
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    quota = _cpu_quota()
+    cores = min(cores, quota) if quota else cores
+    by_memory = int(psutil.virtual_memory().total // min_memory)
+    return max(1, min(cores // max(1, threads_per_worker), by_memory))
+
+
+def _embedded_cluster(n_workers, threads_per_worker, dashboard_address, memory_limit, security, local_directory):
+    dashboard = _local_dashboard(dashboard_address)
+    options: dict[str, Any] = dict(n_workers=n_workers, threads_per_worker=threads_per_worker, host=_LOCALHOST,
+                                   dashboard_address=dashboard, memory_limit=memory_limit, silence_logs=logging.ERROR)
+    if security is not None:
+        options["security"] = security
+    if local_directory is not None:
+        options["local_directory"] = str(local_directory)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environment()}):
+        if use_cuda_cluster():
+            from dask_cuda import LocalCUDACluster  # only here: GPUs are present and dask-cuda is installed
+
+            return LocalCUDACluster(resources={"GPU": 1}, **options)
+        from distributed import LocalCluster
+
+        if options["n_workers"] is None:
+            options["n_workers"] = default_cpu_workers(threads_per_worker)
+        return LocalCluster(processes=True, **options)
+
+
+def worker_environment() -> dict:
+    """Dask's worker environment without ``MALLOC_TRIM_THRESHOLD_``.
+
+    Dask sets it to 64 KiB so workers hand freed memory back to the system at once; torch
+    allocates and frees large buffers at every step, and with that setting RegDiffusion ran
+    1.7x slower in a worker than in the main process (13.0 s against 7.7 s for 40 steps,
+    mostly system time). glibc's default threshold is used instead.
+    """
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return environ
+
+
+def _local_dashboard(address: str | None) -> str | None:
+    """A dashboard address on 127.0.0.1 unless it names a host (``':8787'``, ``'8787'`` -> 127.0.0.1:8787)."""
+    if address is None or address == "":
+        return None
+    text = str(address)
+    if re.fullmatch(r"\d+", text):
+        return f"{_LOCALHOST}:{text}"
+    if text.startswith(":"):
+        return f"{_LOCALHOST}{text}"
+    return text
+
+
+def _connect(Client, scheduler, scheduler_file, security):
+    where = scheduler if scheduler is not None else f"the scheduler of {scheduler_file}"
+    options: dict[str, Any] = {"timeout": 30}
+    if security is not None:
+        options["security"] = security
+    if scheduler_file is not None:
+        if not Path(scheduler_file).is_file():
+            raise MissingFileError(f"scheduler file {str(scheduler_file)!r} does not exist; start a scheduler with "
+                                   "`dask scheduler --scheduler-file FILE` (see cluster/README.md)")
+        options["scheduler_file"] = str(scheduler_file)
+    else:
+        options["address"] = scheduler
+    try:
+        return Client(**options)
+    except OSError as error:
+        raise InputError(f"cannot connect to {where}: {error}. Is the scheduler running and reachable from here "
+                         "(address, port, firewall, TLS settings)?") from None
+
+
+def _wait_for_workers(client, n: int, timeout: float) -> None:
+    try:
+        client.wait_for_workers(n, timeout=timeout)
+    except TimeoutError:
+        found = len(client.scheduler_info(n_workers=-1)["workers"])
+        raise InputError(f"{found} Dask worker(s) connected to {client.scheduler.address} after {timeout:g} s, "
+                         f"{n} needed; start workers (e.g. `dask worker --scheduler-file FILE`, see "
+                         "cluster/README.md)") from None
+
+
+# ----------------------------------------------------------------------------- chunk sizes
+
+
+def chunk_cells_for(memory_limit_bytes: int | float | None, n_genes: int, *, threads: int = 1,
+                    fraction: float = 0.25, minimum: int = 256, maximum: int = 200_000) -> int:
+    """Cells per AUC chunk that a worker with ``memory_limit_bytes`` can score ``threads`` at a time.
+
+    A chunk task holds its rows (at worst ``n_genes`` values a cell, read and converted:
+    ``16 * n_genes`` bytes a cell) and its AUC rows; ``threads`` chunks in flight may use
+    ``fraction`` of the worker's memory, the rest is left to the libraries and Dask. The
+    result is clipped to ``[minimum, maximum]``; no limit (``None`` or 0) gives ``maximum``.
+    """
+    if isinstance(n_genes, bool) or not isinstance(n_genes, int) or n_genes < 1:
+        raise InputError(f"n_genes must be a positive integer, got {n_genes!r}")
+    if not memory_limit_bytes:
+        return maximum
+    per_cell = _BYTES_PER_VALUE * n_genes
+    cells = int(float(memory_limit_bytes) * fraction / max(1, threads) // per_cell)
+    return max(minimum, min(maximum, cells))
+
+
+def plan_chunk_cells(n_cells: int, n_genes: int, *, store_chunk_rows: int, memory_limit: int | None,
+                     slots: int, threads_per_worker: int = 1, tasks_per_slot: int = 4, minimum: int = 1024) -> int:
+    """Cells per AUC chunk of a run: fits a worker's memory, balances the workers, follows the store.
+
+    At most what ``chunk_cells_for`` allows a worker; small enough that every task slot
+    (worker thread) gets about ``tasks_per_slot`` chunks (but not under ``minimum`` cells);
+    then aligned with the expression store's chunks (a multiple of them, or an even split
+    of one) so that each task decompresses as little as possible beyond its own rows.
+    """
+    limit = chunk_cells_for(memory_limit, n_genes, threads=threads_per_worker)
+    balanced = max(minimum, -(-n_cells // max(1, slots * tasks_per_slot)))
+    target = max(1, min(limit, balanced, n_cells))
+    store = max(1, int(store_chunk_rows))
+    if target >= store:
+        return store * (target // store)
+    return -(-store // -(-store // target))  # ceil(store / ceil(store / target))
+
+
+# ----------------------------------------------------------------------------- executor
+
+
+class _Failure:
+    """A task's user error, returned instead of raised so that Dask does not retry it."""
+
+    def __init__(self, error: BaseException, text: str):
+        self.error, self.text = error, text
+
+
+def _call(function: Callable, args: tuple):
+    """Run one task on a worker; user errors come back as a ``_Failure`` value."""
+    try:
+        return function(*args)
+    except InputError as error:
+        return _Failure(error, traceback.format_exc())
+
+
+def _cpu_quota() -> int | None:
+    """CPUs allowed by the cgroup's CPU quota (containers, Kubernetes limits), or None."""
+    for path, parse in (("/sys/fs/cgroup/cpu.max", lambda t: t.split()),
+                        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", lambda t: [t.strip(), Path(
+                            "/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text().strip()])):
+        try:
+            quota, period = parse(Path(path).read_text())
+            if quota not in ("max", "-1") and int(period) > 0:
+                return max(1, math.ceil(int(quota) / int(period)))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def torch_threads_for(worker_threads: int, host_threads: int) -> int:
+    """Torch threads of a worker with ``worker_threads`` Dask threads, ``host_threads`` on its host.
+
+    A worker pinned to its own cores (SLURM, dask-cuda's CPU affinity) or limited by a
+    container quota splits those between its own threads; a worker that sees the whole
+    machine shares it with every Dask thread on the host. So tasks never use more
+    threads, all together, than there are cores.
+    """
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        allowed = os.cpu_count() or 1
+    quota = _cpu_quota()
+    if quota is not None and quota < allowed:
+        return max(1, quota // max(1, worker_threads))
+    if allowed < (os.cpu_count() or allowed):
+        return max(1, allowed // max(1, worker_threads))
+    return max(1, allowed // max(1, host_threads))
+
+
+class _TorchThreads(WorkerPlugin):
+    """Worker plugin: sets torch's threads on each worker (``torch_threads_for``), new ones included."""
+
+    name = "flashscenic-torch-threads"
+    idempotent = False
+
+    def __init__(self, threads_by_host: dict[str, int]):
+        self.threads_by_host = dict(threads_by_host)
+
+    def setup(self, worker) -> None:
+        import torch
+        from distributed.comm import get_address_host
+
+        host = get_address_host(worker.address)
+        threads = worker.state.nthreads
+        torch.set_num_threads(torch_threads_for(threads, max(threads, self.threads_by_host.get(host, threads))))
+
+
+def _worker_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+class DaskExecutor:
+    """Runs the pipeline's tasks on a Dask cluster (see the module docstring).
+
+    Parameters
+    ----------
+    client
+        A connected ``distributed.Client``.
+    cluster
+        The cluster object when this executor started it (closed with the executor).
+    retries
+        Retries of a task that raised an unexpected exception.
+    direct
+        Move task results and shared values between this process and the workers
+        directly (True), or through the scheduler (False: when the workers cannot be
+        reached from here).
+    verbose
+        Progress bars.
+    """
+
+    remote = True
+
+    def __init__(self, client, cluster=None, *, retries: int = 2, direct: bool = True, verbose: bool = True):
+        self.client, self.cluster = client, cluster
+        self.retries, self.direct, self.verbose = int(retries), bool(direct), verbose
+        self._shared: dict[str, list] = {}  # key of a scattered future -> [its value, live futures]
+        self._set_torch_threads()
+
+    # --- the cluster ------------------------------------------------------------------
+
+    def _workers(self) -> dict:
+        return self.client.scheduler_info(n_workers=-1)["workers"]
+
+    @property
+    def n_workers(self) -> int:
+        return len(self._workers())
+
+    @property
+    def slots(self) -> int:
+        """Tasks that can run at once: the workers' threads."""
+        return max(1, sum(int(w.get("nthreads", 1)) for w in self._workers().values()))
+
+    @property
+    def worker_memory_limit(self) -> int | None:
+        """The smallest memory limit of a worker, bytes (None: no worker has one)."""
+        limits = [int(w["memory_limit"]) for w in self._workers().values() if w.get("memory_limit")]
+        return min(limits) if limits else None
+
+    @property
+    def has_gpu(self) -> bool:
+        """Whether some worker offers the ``GPU`` resource (dask-cuda workers started with it)."""
+        return any((w.get("resources") or {}).get("GPU") for w in self._workers().values())
+
+    @property
+    def dashboard_link(self) -> str | None:
+        try:
+            return self.client.dashboard_link
+        except Exception:  # no dashboard
+            return None
+
+    @property
+    def name(self) -> str:
+        workers = self._workers()
+        threads = sum(int(w.get("nthreads", 1)) for w in workers.values())
+        kind = type(self.cluster).__name__ if self.cluster is not None else "scheduler"
+        gpu = ", GPU workers" if self.has_gpu else ""
+        return f"{kind} at {self.client.scheduler.address}: {len(workers)} workers, {threads} threads{gpu}"
+
+    def _set_torch_threads(self) -> None:
+        from distributed.comm import get_address_host
+
+        by_host: dict[str, int] = {}
+        for address, info in self._workers().items():
+            host = get_address_host(address)
+            by_host[host] = by_host.get(host, 0) + int(info.get("nthreads", 1))
+        self.client.register_plugin(_TorchThreads(by_host), name=_TorchThreads.name)
+
+    def plan_chunk_cells(self, n_cells: int, n_genes: int, store_chunk_rows: int) -> int:
+        """Cells per AUC chunk for this cluster's workers (see ``plan_chunk_cells``)."""
+        workers = self._workers().values()
+        return plan_chunk_cells(n_cells, n_genes, store_chunk_rows=store_chunk_rows,
+                                memory_limit=self.worker_memory_limit, slots=self.slots,
+                                threads_per_worker=max([int(w.get("nthreads", 1)) for w in workers] or [1]))
+
+    def torch_threads(self) -> dict[str, int]:
+        """Each worker's torch thread count (address -> threads)."""
+        return self.client.run(_worker_threads)
+
+    # --- the executor interface -------------------------------------------------------
+
+    def share(self, value, *, _hash: bool = True):
+        """Scatter ``value`` once to every worker; pass the result to ``map`` as an argument.
+
+        Should every worker holding it die, ``map`` scatters it again from here.
+        """
+        future = self.client.scatter(value, broadcast=True, hash=_hash, direct=self.direct)
+        entry = self._shared.setdefault(future.key, [value, 0])
+        entry[1] += 1
+        weakref.finalize(future, self._unshare, future.key)
+        return future
+
+    def _unshare(self, key: str) -> None:
+        entry = self._shared.get(key)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del self._shared[key]
+
+    def map(self, function: Callable, arguments: Sequence[tuple], *, description: str, gpu: bool = False,
+            verbose: bool = True) -> list:
+        """``[function(*args) for args in arguments]`` on the cluster; results in order.
+
+        ``gpu=True`` asks for a worker with the ``GPU`` resource when the cluster has any.
+        The first failure cancels the rest and is raised here (a user error as itself).
+        """
+        from distributed import Future
+        from distributed.client import FutureCancelledError
+        from tqdm.auto import tqdm
+
+        arguments = [tuple(a) for a in arguments]
+        if not arguments:
+            return []
+        done: dict[int, Any] = {}
+        bar = tqdm(total=len(arguments), desc=description, unit="task",
+                   disable=None if verbose and self.verbose and len(arguments) > 1 else True)
+        try:
+            for attempt in range(3):
+                try:
+                    self._run(function, arguments, done, description, gpu, bar)
+                    break
+                except FutureCancelledError:
+                    # A shared value lost with every worker that held it: scatter it again.
+                    lost = {a.key: a for args in arguments for a in args
+                            if isinstance(a, Future) and a.status != "finished" and a.key in self._shared}
+                    if not lost or attempt == 2:
+                        raise
+                    logger.warning("Dask: workers holding shared data died; scattering it again")
+                    again = {key: self.share(self._shared[key][0], _hash=False) for key in lost}
+                    arguments = [tuple(again[a.key] if isinstance(a, Future) and a.key in again else a for a in args)
+                                 for args in arguments]
+        finally:
+            bar.close()
+        return [done[i] for i in range(len(arguments))]
+
+    def _run(self, function, arguments, done: dict, description: str, gpu: bool, bar) -> None:
+        """Submit the tasks not in ``done`` and put their results there as they finish."""
+        from dask.base import tokenize
+        from distributed import as_completed
+
+        resources = {"GPU": 1} if gpu and self.has_gpu else None
+        prefix = re.sub(r"[^a-z0-9]+", "-", description.lower()).strip("-") or "task"
+        futures: dict[str, tuple[list[int], Any]] = {}  # key -> (the argument positions, its future)
+        for i, args in enumerate(arguments):
+            if i not in done:
+                key = f"{prefix}-{tokenize(function, args)}"
+                if key not in futures:  # the same arguments twice: one task (it is pure)
+                    futures[key] = ([], self.client.submit(_call, function, args, key=key, retries=self.retries,
+                                                           resources=resources))
+                futures[key][0].append(i)
+        try:
+            for batch in as_completed([f for _, f in futures.values()]).batches():
+                for future in batch:
+                    if future.status != "finished":
+                        future.result()  # raises the task's exception (or its cancellation)
+                for future, value in zip(batch, self.client.gather(batch, direct=self.direct)):
+                    if isinstance(value, _Failure):  # a user error: raised here as itself
+                        error = value.error
+                        if hasattr(error, "add_note"):
+                            error.add_note("raised on a Dask worker:\n" + value.text.rstrip())
+                        raise error
+                    for i in futures[future.key][0]:
+                        done[i] = value
+                        bar.update()
+        except BaseException:
+            self.client.cancel([f for _, f in futures.values()])
+            raise
+
+    def close(self) -> None:
+        """Disconnect; stop the cluster when this executor started it."""
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"DaskExecutor({self.name})"

@@ -1,0 +1,556 @@
+"""The Dask engine: a run on any cluster equals the run in process, exactly.
+
+Every test runs the pipeline from an expression store with given adjacencies (no GRN
+training) on a small planted dataset: 1,000 cells x 400 genes, a ranking database of 10
+planted TFs' motifs among decoys. The reference is ``run_pipeline`` in this process
+(``InProcessExecutor``); the Dask runs must give the same regulons and motif table and a
+bit-identical AUC, whatever the number of workers, the TF shards and the AUC chunk size
+(chosen not to divide the cell count), from a dense or a CSR store; also when a worker
+is killed mid-AUCell, when the run is interrupted and resumed, and on a cluster started
+by ``cluster/local/start.sh``.
+
+Clusters are ``distributed.LocalCluster`` process workers on 127.0.0.1, one thread each.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import operator
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.feather as feather
+import pytest
+import scipy.sparse as sp
+
+from flashscenic._errors import InputError, MissingFileError
+from flashscenic.aucell import get_aucell
+from flashscenic.pipeline import InProcessExecutor, _tf_shards, params_from, prepare_resources, run_pipeline
+from flashscenic.store import ingest_expression
+
+distributed = pytest.importorskip("distributed")
+import flashscenic.distributed as engine  # noqa: E402
+from flashscenic.distributed import (  # noqa: E402
+    DaskExecutor,
+    chunk_cells_for,
+    plan_chunk_cells,
+    start_executor,
+    torch_threads_for,
+    use_cuda_cluster,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+N_CELLS, N_GENES, N_TFS = 1000, 400, 10
+
+
+# --- data ------------------------------------------------------------------------------
+
+
+def _write_case(root: Path) -> dict:
+    """Expression (about half zeros, some ties), a planted ranking database, annotations, adjacencies."""
+    rng = np.random.default_rng(7)
+    genes = [f"G{j:03d}" for j in range(N_GENES)]
+    tfs = genes[:N_TFS]
+    targets = [rng.choice(np.arange(N_TFS, N_GENES), size=40, replace=False) for _ in range(N_TFS)]
+    counts = rng.negative_binomial(2, 0.5, size=(N_CELLS, N_GENES)).astype(np.float32)
+    for t, target in enumerate(targets):  # each TF drives its targets in a third of the cells
+        on = rng.random(N_CELLS) < 1 / 3
+        counts[np.ix_(on, target)] += rng.poisson(3, size=(on.sum(), target.size))
+    counts[rng.random(counts.shape) < 0.35] = 0
+    expression = np.log1p(counts).astype(np.float32)
+
+    db_genes = genes + [f"X{j:04d}" for j in range(5600)]  # the database knows more genes
+    n_db = len(db_genes)
+    motifs, ranks = [], []
+    for t, target in enumerate(targets):
+        front = np.concatenate([target, [t]])
+        for m in range(3):
+            order = rng.permutation(n_db)
+            perm = np.concatenate([rng.permutation(front), order[~np.isin(order, front)]])
+            rank = np.empty(n_db, np.int16)
+            rank[perm] = np.arange(n_db)
+            ranks.append(rank)
+            motifs.append(f"m_{tfs[t]}_{m}")
+    for d in range(150):
+        ranks.append(rng.permutation(n_db).astype(np.int16))
+        motifs.append(f"decoy{d}")
+    matrix = np.vstack(ranks)
+    feather.write_feather(pa.table({**{g: matrix[:, j] for j, g in enumerate(db_genes)}, "motifs": motifs}),
+                          root / "db.feather")
+    columns = ["#motif_id", "motif_name", "motif_description", "source_name", "source_version", "gene_name",
+               "motif_similarity_qvalue", "similar_motif_id", "similar_motif_description", "orthologous_identity",
+               "orthologous_gene_name", "orthologous_species", "description"]
+    rows = [[m, m, "", "src", "1", m.split("_")[1], 0.0, "", "", 1.0, "", "", "gene is directly annotated"]
+            for m in motifs if m.startswith("m_")]
+    pd.DataFrame(rows, columns=columns).to_csv(root / "ann.tbl", sep="\t", index=False)
+    (root / "tfs.txt").write_text("\n".join(tfs) + "\n")
+    links = [(tfs[t], genes[j], 2.0 + rng.random()) for t in range(N_TFS) for j in targets[t]]
+    links += [(tfs[t], genes[j], 0.5) for t in range(N_TFS) for j in rng.choice(N_GENES, 20)]
+    adjacencies = pd.DataFrame(links, columns=["TF", "target", "importance"]).drop_duplicates(["TF", "target"])
+
+    cells = [f"cell{i:04d}" for i in range(N_CELLS)]
+    labels = pd.DataFrame({"cell_type": [f"type{i % 3}" for i in range(N_CELLS)]}, index=cells)
+    import anndata
+
+    stores = {}
+    for layout in ("dense", "csr"):
+        x = sp.csr_matrix(expression) if layout == "csr" else expression
+        data = anndata.AnnData(x, obs=labels, var=pd.DataFrame(index=genes))
+        stores[layout] = str(ingest_expression(data, root / f"{layout}.zarr", chunk_rows=128, layout=layout,
+                                               obs_columns=["cell_type"], verbose=False).path)
+    resources = prepare_resources(tf_list_path=root / "tfs.txt", ranking_db_paths=[root / "db.feather"],
+                                  motif_annotation_path=root / "ann.tbl", verbose=False)
+    return {"stores": stores, "resources": resources, "adjacencies": adjacencies, "expression": expression}
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distributed")
+    case = _write_case(root)
+    case["params"] = params_from({"device": "cpu", "seed": 3})
+    case["root"] = root
+    case["reference"] = {}
+    for layout, store in case["stores"].items():
+        results = _run(case, layout, root / f"reference-{layout}", InProcessExecutor())
+        case["reference"][layout] = _outputs(results)
+    return case
+
+
+def _run(case, layout, out, executor, **options):
+    return run_pipeline(case["stores"][layout], out, resources=case["resources"], params=case["params"],
+                        executor=executor, adjacencies=case["adjacencies"], verbose=False, **options)
+
+
+def _outputs(results) -> dict:
+    return {"regulons": results.read_regulons(), "motifs": results.read_motifs(), "auc": results.read_auc(),
+            "names": results.regulon_names, "rss": results.read_table("rss")}
+
+
+def _assert_same(results, reference: dict) -> None:
+    got = _outputs(results)
+    assert got["names"] == reference["names"]
+    assert got["regulons"] == reference["regulons"]
+    pd.testing.assert_frame_equal(got["motifs"], reference["motifs"])
+    assert got["auc"].dtype == np.float32
+    assert got["auc"].tobytes() == reference["auc"].tobytes()  # bit-identical
+    pd.testing.assert_frame_equal(got["rss"], reference["rss"])
+
+
+def _local_cluster(n_workers: int, **options):
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(processes=True, n_workers=n_workers, threads_per_worker=1, host="127.0.0.1",
+                           dashboard_address=None, **options)
+    return DaskExecutor(Client(cluster), cluster, verbose=False)
+
+
+# --- the reference itself ------------------------------------------------------------
+
+
+def test_reference_is_sensible_and_layout_free(case):
+    dense, csr = case["reference"]["dense"], case["reference"]["csr"]
+    assert len(dense["names"]) == N_TFS
+    assert dense["auc"].shape == (N_CELLS, N_TFS) and (dense["auc"] > 0).any(axis=0).all()
+    assert dense["auc"].tobytes() == csr["auc"].tobytes()  # the store's layout changes nothing
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch's threads spin-wait: on a busy machine, tiny batches with 2 threads run 50x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_get_aucell_rows_are_independent_of_split_and_batch_on_csr(case, seed, one_torch_thread):
+    expression = sp.csr_matrix(case["expression"])
+    rng = np.random.default_rng(seed)
+    adjacency = (rng.random((12, N_GENES)) < 0.1).astype(np.float64)
+    whole = get_aucell(expression, adjacency, k=None, device="cpu", batch_size=32, seed=5, verbose=False)
+    assert whole.tobytes() == get_aucell(case["expression"], adjacency, k=None, device="cpu", batch_size=32, seed=5,
+                                         verbose=False).tobytes()
+    cuts = np.sort(rng.choice(np.arange(1, N_CELLS), size=6, replace=False))
+    for batch in (1, 7, 500):
+        parts = [get_aucell(expression[a:b], adjacency, k=None, device="cpu", batch_size=batch, seed=5, verbose=False)
+                 for a, b in zip([0, *cuts], [*cuts, N_CELLS])]
+        assert np.vstack(parts).tobytes() == whole.tobytes()
+
+
+# --- distributed == in process -------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_workers, chunks", [(1, {"dense": 77, "csr": 333}), (2, {"dense": 130, "csr": 99}),
+                                               (3, {"dense": 301, "csr": 71})])
+def test_distributed_equals_in_process(case, tmp_path, n_workers, chunks):
+    if n_workers == 1:  # the embedded-cluster path of start_executor, and never dask-cuda here
+        executor = start_executor(n_workers=1, dashboard_address=None, verbose=False)
+        assert isinstance(executor, DaskExecutor)
+        if not use_cuda_cluster():
+            assert "dask_cuda" not in sys.modules
+            assert type(executor.cluster).__name__ == "LocalCluster"
+        assert executor.client.scheduler.address.startswith("tcp://127.0.0.1:")
+    else:
+        executor = _local_cluster(n_workers)
+    try:
+        assert executor.n_workers == n_workers and executor.slots == n_workers
+        for layout, chunk in chunks.items():
+            results = _run(case, layout, tmp_path / layout, executor, chunk_cells=chunk)
+            assert results.chunk_rows == chunk and N_CELLS % chunk
+            assert results.stages["auc"]["chunks_scored"] == -(-N_CELLS // chunk)
+            _assert_same(results, case["reference"][layout])
+        # default chunking on a cluster: planned from the workers' memory and number
+        results = _run(case, "csr", tmp_path / "planned", executor)
+        assert results.chunk_rows == executor.plan_chunk_cells(N_CELLS, N_GENES, 128)
+        _assert_same(results, case["reference"]["csr"])
+    finally:
+        executor.close()
+
+
+def test_shards_split_whole_tfs_and_balance_work():
+    from flashscenic.modules import Module
+
+    sizes = {"A": [30, 50], "B": [200], "C": [20], "D": [100, 20], "E": [60]}
+    modules = [Module(tf, (f"top{n}",), tuple(f"g{i}" for i in range(n)), (1.0,) * n)
+               for tf, ns in sizes.items() for n in ns]
+    for n in (1, 2, 3, 4, 10):
+        shards = _tf_shards(modules, n)
+        assert len(shards) == min(n, len(sizes)) and all(shards)
+        assert sorted(id(m) for s in shards for m in s) == sorted(id(m) for m in modules)
+        assert all(len({m.tf for m in s} & {m.tf for m in t}) == 0 for i, s in enumerate(shards)
+                   for t in shards[i + 1:])
+        assert _tf_shards(list(reversed(modules)), n) is not None  # any order is accepted
+    loads = sorted(sum(len(m) for m in s) for s in _tf_shards(modules, 2))
+    assert loads == [220, 260]  # B 200 | D 120, A 80 | E 60 -> B's | C 20 -> the other: largest first, lightest shard
+
+
+# --- chunk sizes from memory ----------------------------------------------------------
+
+
+def test_chunk_cells_follow_memory_and_store():
+    gib = 2**30
+    assert chunk_cells_for(2 * gib, 2000) == int(2 * gib * 0.25 // (16 * 2000))
+    assert chunk_cells_for(2 * gib, 2000, threads=4) == int(2 * gib * 0.25 / 4 // (16 * 2000))
+    assert chunk_cells_for(1, 2000) == 256 and chunk_cells_for(None, 2000) == 200_000
+    assert chunk_cells_for(10**15, 10) == 200_000
+    # a million cells on 2 workers of 2 GiB: the memory bound, a multiple of the store's chunks
+    assert plan_chunk_cells(10**6, 2000, store_chunk_rows=5000, memory_limit=2 * gib, slots=2) == 15_000
+    # few cells: every worker thread gets about 4 chunks, each an even split of a store chunk
+    assert plan_chunk_cells(100_000, 2000, store_chunk_rows=33_554, memory_limit=12 * gib, slots=2) == 11_185
+    assert plan_chunk_cells(600, 400, store_chunk_rows=128, memory_limit=None, slots=2) == 512
+    assert plan_chunk_cells(10, 400, store_chunk_rows=128, memory_limit=None, slots=2) == 10
+
+
+def test_memory_limit_drives_the_default_chunks():
+    executor = _local_cluster(1, memory_limit="1GiB")  # 1 GiB x 0.25 / (16 x 400 B) = 41,943 cells
+    try:
+        assert executor.worker_memory_limit == 2**30
+        assert executor.plan_chunk_cells(10**6, N_GENES, 1000) == 41_000
+    finally:
+        executor.close()
+
+
+# --- an external cluster from the cluster/local recipe ----------------------------------
+
+
+def test_external_scheduler_started_by_the_local_recipe(case, tmp_path):
+    env = {**os.environ, "DASK": str(Path(sys.executable).parent / "dask"), "PYTHON": sys.executable}
+    if not Path(env["DASK"]).exists():
+        pytest.skip("no dask command beside this Python")
+    directory = tmp_path / "cluster"
+    start = [str(REPO / "cluster/local/start.sh"), "--dir", str(directory), "--host", "127.0.0.1", "--port", "0",
+             "--dashboard-port", "none", "--workers", "2", "--threads", "1"]
+    try:
+        done = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stdout + done.stderr
+        scheduler_file = directory / "scheduler.json"
+        assert scheduler_file.is_file()
+        executor = start_executor(scheduler_file=scheduler_file, verbose=False)
+        try:
+            assert isinstance(executor, DaskExecutor) and executor.cluster is None
+            assert executor.n_workers == 2
+            assert all(address.startswith("tcp://127.0.0.1:") for address in executor._workers())
+            results = _run(case, "csr", tmp_path / "out", executor, chunk_cells=151)
+            _assert_same(results, case["reference"]["csr"])
+            address = executor.client.scheduler.address
+        finally:
+            executor.close()
+        again = start_executor(scheduler=address, n_workers=2, verbose=False)  # by address too
+        assert again.n_workers == 2
+        again.close()
+    finally:
+        stopped = subprocess.run([str(REPO / "cluster/local/stop.sh"), "--dir", str(directory)], env=env,
+                                 capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not (directory / "scheduler.pid").exists() and not (directory / "workers.pid").exists()
+
+
+# --- faults ---------------------------------------------------------------------------
+
+
+def _slowly(function, seconds, *args):
+    time.sleep(seconds)
+    return function(*args)
+
+
+class _Slow:
+    """An executor whose AUCell tasks sleep first, so that a test can act while they run."""
+
+    def __init__(self, inner, seconds):
+        self.inner, self.seconds = inner, seconds
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def map(self, function, arguments, *, description, **options):
+        if description == "AUCell":
+            function = functools.partial(_slowly, function, self.seconds)
+        return self.inner.map(function, arguments, description=description, **options)
+
+
+def test_worker_killed_during_aucell_gives_the_same_result(case, tmp_path):
+    from flashscenic.store import open_results_store
+
+    executor = _local_cluster(2)
+    try:
+        pids = executor.client.run(os.getpid)
+        victim = sorted(pids.values())[0]
+        out = tmp_path / "out"
+        seen: dict = {}
+
+        def kill_after_first_chunk():
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    done = open_results_store(out / "results.zarr").auc_done()
+                except Exception:  # the store or its AUC array does not exist yet
+                    time.sleep(0.02)
+                    continue
+                if done.sum() >= 1:
+                    seen["done"], seen["chunks"] = int(done.sum()), done.size
+                    os.kill(victim, signal.SIGKILL)
+                    return
+                time.sleep(0.01)
+
+        killer = threading.Thread(target=kill_after_first_chunk)
+        killer.start()
+        results = _run(case, "dense", out, _Slow(executor, 0.1), chunk_cells=50)
+        killer.join()
+        assert "done" in seen, "the worker was not killed"
+        assert seen["done"] < seen["chunks"] == 20  # killed mid-AUCell
+        _assert_same(results, case["reference"]["dense"])
+        with pytest.raises(ProcessLookupError):
+            os.kill(victim, 0)
+        assert victim not in executor.client.run(os.getpid).values()
+    finally:
+        executor.close()
+
+
+def test_lost_shared_value_is_scattered_again(caplog):
+    executor = _local_cluster(1)  # one worker: its death loses the scattered value
+    try:
+        [pid] = executor.client.run(os.getpid).values()
+        shared = executor.share(np.arange(5.0))
+        killer = threading.Timer(0.6, os.kill, (pid, signal.SIGKILL))
+        killer.start()
+        tasks = [(np.sum, 0.2 + i / 1000, shared) for i in range(12)] + [(np.max, 0.0, shared)] * 2
+        with caplog.at_level("WARNING", logger="flashscenic"):
+            values = executor.map(_slowly, tasks, description="shared", verbose=False)
+        killer.join()
+        assert values == [10.0] * 12 + [4.0] * 2  # the same arguments twice: one task, both results
+        assert "scattering it again" in caplog.text
+        assert pid not in executor.client.run(os.getpid).values()
+    finally:
+        executor.close()
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _Recording:
+    """Counts the tasks of each stage; with ``stop_after`` the AUCell stage stops after that many chunks."""
+
+    def __init__(self, inner, stop_after=None):
+        self.inner, self.stop_after, self.tasks = inner, stop_after, {}
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def map(self, function, arguments, *, description, **options):
+        self.tasks[description] = self.tasks.get(description, 0) + len(arguments)
+        if description == "AUCell" and self.stop_after is not None:
+            self.inner.map(function, arguments[: self.stop_after], description=description, **options)
+            raise _Interrupted("interrupted mid-AUCell")
+        return self.inner.map(function, arguments, description=description, **options)
+
+
+def test_interrupted_run_resumes_with_only_the_missing_chunks(case, tmp_path):
+    from flashscenic.store import open_results_store
+
+    executor = _local_cluster(2)
+    try:
+        first = _Recording(executor, stop_after=5)
+        with pytest.raises(_Interrupted):
+            _run(case, "csr", tmp_path, first, chunk_cells=90)
+        stored = open_results_store(tmp_path / "results.zarr")
+        assert stored.is_complete("pruning") and not stored.is_complete("auc")
+        missing = stored.missing_auc_chunks()
+        assert len(missing) == 12 - 5
+
+        second = _Recording(executor)
+        results = _run(case, "csr", tmp_path, second, chunk_cells=90, resume=True)
+        assert second.tasks == {"AUCell": len(missing)}  # no pruning again, no chunk twice
+        assert results.stages["auc"]["chunks_scored"] == len(missing)
+        _assert_same(results, case["reference"]["csr"])
+
+        third = _Recording(executor)  # all done: nothing to run
+        _run(case, "csr", tmp_path, third, resume=True)
+        assert third.tasks == {}
+    finally:
+        executor.close()
+
+
+# --- errors, settings ---------------------------------------------------------------
+
+
+def _fail(path, value):
+    with open(path, "a") as f:
+        f.write("x")
+    raise InputError(f"bad value {value}")
+
+
+def test_user_errors_surface_as_themselves_and_are_not_retried(case, tmp_path):
+    executor = _local_cluster(2)
+    try:
+        calls = tmp_path / "calls"
+        with pytest.raises(InputError, match="bad value 3") as error:
+            executor.map(_fail, [(calls, 3)], description="fail", verbose=False)
+        assert type(error.value) is InputError
+        assert calls.read_text() == "x"  # once: a user error is not retried
+
+        # a user error inside a pipeline task on a worker: AUCell's threshold selects every gene
+        params = params_from({"device": "cpu", "seed": 3, "aucell_auc_threshold": 0.999})
+        with pytest.raises(InputError, match="auc_threshold=0.999 selects 400 of 400 genes"):
+            run_pipeline(case["stores"]["dense"], tmp_path / "out", resources=case["resources"], params=params,
+                         executor=executor, adjacencies=case["adjacencies"], verbose=False)
+        # torch threads: the host's cores shared by the two one-thread workers
+        cores = len(os.sched_getaffinity(0))
+        assert set(executor.torch_threads().values()) == {max(1, cores // 2)}
+    finally:
+        executor.close()
+
+
+def test_start_executor_choices(tmp_path, monkeypatch):
+    assert isinstance(start_executor(n_workers=0, verbose=False), InProcessExecutor)
+    with pytest.raises(InputError, match="not both"):
+        start_executor(scheduler="tcp://127.0.0.1:1", scheduler_file=tmp_path / "s.json")
+    with pytest.raises(InputError, match="n_workers=0"):
+        start_executor(n_workers=0, scheduler="tcp://127.0.0.1:1")
+    with pytest.raises(InputError, match="n_workers"):
+        start_executor(n_workers=-1)
+    with pytest.raises(InputError, match="threads_per_worker"):
+        start_executor(threads_per_worker=0)
+    with pytest.raises(MissingFileError, match="scheduler file"):
+        start_executor(scheduler_file=tmp_path / "absent.json")
+
+
+def test_torch_threads_never_oversubscribe(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(engine, "_cpu_quota", lambda: None)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert torch_threads_for(1, 4) == 4  # 4 one-thread workers on a 16-core machine
+    assert torch_threads_for(2, 16) == 1 and torch_threads_for(1, 32) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert torch_threads_for(1, 4) == 4  # pinned to 4 cores of its own (dask-cuda, SLURM)
+    assert torch_threads_for(2, 4) == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(engine, "_cpu_quota", lambda: 3)
+    assert torch_threads_for(1, 1) == 3  # a container limited to 3 CPUs
+    import psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"total": 64 * 2**30})())
+    assert engine.default_cpu_workers() == 3 and engine.default_cpu_workers(2) == 1
+    monkeypatch.setattr(engine, "_cpu_quota", lambda: None)
+    assert engine.default_cpu_workers() == 16
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"total": 8 * 2**30})())
+    assert engine.default_cpu_workers() == 4  # at least 2 GiB each
+
+
+def test_cuda_cluster_only_with_gpus_and_dask_cuda(monkeypatch):
+    import torch
+
+    looked_up = []
+
+    def find_spec(name, *args):
+        looked_up.append(name)
+        return object() if name == "dask_cuda" else importlib.util.find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert use_cuda_cluster() is False and looked_up == []  # no GPU: dask-cuda is not even looked up
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert use_cuda_cluster() is True and looked_up == ["dask_cuda"]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
+    assert use_cuda_cluster() is False
+    assert "dask_cuda" not in sys.modules
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make certificates")
+def test_tls_from_the_recipe_for_an_external_and_an_embedded_cluster(tmp_path):
+    import yaml
+    from distributed import Security
+
+    dask_command = Path(sys.executable).parent / "dask"
+    if not dask_command.exists():
+        pytest.skip("no dask command beside this Python")
+    certs, config = tmp_path / "certs", tmp_path / "config"
+    made = subprocess.run([str(REPO / "cluster/tls/make-certificates.sh"), str(certs)], capture_output=True,
+                          text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    config.mkdir()
+    (config / "dask-tls.yaml").write_text((REPO / "cluster/tls/dask-tls.yaml").read_text()
+                                          .replace("/secure/dask-tls", str(certs)))
+    assert yaml.safe_load((config / "dask-tls.yaml").read_text())["distributed"]["comm"]["require-encryption"]
+    ca, cert, key = str(certs / "ca.pem"), str(certs / "dask.pem"), str(certs / "dask.key")
+    client_only = Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
+
+    env = {**os.environ, "DASK": str(dask_command), "PYTHON": sys.executable, "DASK_CONFIG": str(config)}
+    directory = tmp_path / "cluster"
+    try:
+        done = subprocess.run([str(REPO / "cluster/local/start.sh"), "--dir", str(directory), "--port", "0",
+                               "--dashboard-port", "none", "--workers", "1"], env=env, capture_output=True,
+                              text=True, timeout=180)
+        assert done.returncode == 0, done.stdout + done.stderr
+        executor = start_executor(scheduler_file=directory / "scheduler.json", security=client_only, verbose=False)
+        try:
+            assert executor.client.scheduler.address.startswith("tls://127.0.0.1:")
+            # (an external scheduler unpickles the tasks: their functions must be importable there)
+            assert executor.map(operator.add, [(2, 4), (1, 1)], description="tls", verbose=False) == [6, 2]
+        finally:
+            executor.close()
+    finally:
+        subprocess.run([str(REPO / "cluster/local/stop.sh"), "--dir", str(directory)], env=env, timeout=120)
+
+    everything = Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, tls_scheduler_cert=cert,
+                          tls_scheduler_key=key, tls_worker_cert=cert, tls_worker_key=key, require_encryption=True)
+    executor = start_executor(n_workers=1, security=everything, dashboard_address=None, verbose=False)
+    try:
+        assert executor.client.scheduler.address.startswith("tls://127.0.0.1:")
+        assert all(address.startswith("tls://") for address in executor._workers())
+    finally:
+        executor.close()
