@@ -65,7 +65,7 @@ def _add_parameter_flags(parser: argparse.ArgumentParser, prefixes: tuple[str, .
         if isinstance(default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         elif isinstance(default, tuple):
-            kind = type(default[0]) if default else int
+            kind = float if "percentile" in name else type(default[0]) if default else int
             group.add_argument(flag, nargs="*", type=_number(kind), default=default, metavar="N", help=text)
         elif default is None:
             kind = float if "fraction" in name else int
@@ -208,6 +208,12 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.n_workers is not None and args.n_workers < 0:
         raise InputError(f"--n-workers must be >= 0, got {args.n_workers}")
+    if args.chunk_cells is not None and args.chunk_cells < 1:
+        raise InputError(f"--chunk-cells must be >= 1, got {args.chunk_cells}")
+    if not Path(args.input).exists():
+        from ._errors import MissingFileError
+
+        raise MissingFileError(f"input {args.input!r} does not exist")
     start = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -429,10 +435,14 @@ def _rss(args: argparse.Namespace) -> int:
     column = args.cell_type_column or labels.columns[0]
     if column not in labels.columns:
         raise InputError(f"no column {column!r} in the cell labels; there are {list(labels.columns)}")
+    if not labels.index.is_unique:
+        raise InputError(f"the cell labels name some cells twice, e.g. {list(labels.index[labels.index.duplicated()][:3])}")
     missing = auc.index.difference(labels.index)
     if len(missing):
         raise InputError(f"{len(missing)} cells of the AUC have no label, e.g. {list(missing[:3])}")
-    rss = regulon_specificity_scores(auc, labels.loc[auc.index, column].to_numpy())
+    values = labels.loc[auc.index, column]
+    labelled = (values.notna() & (values.astype(str) != "")).to_numpy()  # as `run`: unlabelled cells are left out
+    rss = regulon_specificity_scores(auc.iloc[labelled], values[labelled].astype(str).to_numpy())
     rss.rename_axis(column).to_csv(args.output, sep="\t" if args.output.endswith(".tsv") else ",")
     print(f"RSS of {rss.shape[1]} regulons in {rss.shape[0]} cell types written to {args.output}.")
     return 0

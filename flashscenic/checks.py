@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._errors import InputError
+from ._errors import InputError, MissingFileError
 
 __all__ = ["GeneOverlap", "InputReport", "check_gene_overlap", "check_tf_overlap", "check_motif_annotation",
            "check_inputs", "read_tf_names"]
@@ -68,7 +68,7 @@ def read_tf_names(tf_names) -> list[str]:
     if isinstance(tf_names, (str, Path)):
         path = Path(tf_names)
         if not path.is_file():
-            raise FileNotFoundError(f"TF list {str(path)!r} does not exist")
+            raise MissingFileError(f"TF list {str(path)!r} does not exist")
         lines = (line.strip() for line in path.read_text().splitlines())
         return [line for line in lines if line and not line.startswith("#")]
     return [str(t) for t in tf_names]

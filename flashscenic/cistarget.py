@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._device import resolve_device
-from ._errors import InputError
+from ._errors import InputError, MissingFileError
 from .rankdb import RankingDatabase, read_ranking_database
 from .regulons import MOTIF_COLUMNS, regulons_from_motifs
 
@@ -275,7 +275,7 @@ class MotifAnnotation:
         """Read a motif2tf TSV; keep rows with q-value <= fdr and identity >= threshold (NaN fails both)."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"motif annotation file {str(path)!r} does not exist")
+            raise MissingFileError(f"motif annotation file {str(path)!r} does not exist")
         header = pd.read_csv(path, sep="\t", nrows=0).columns
         missing = [c for c in ANNOTATION_COLUMNS if c not in header]
         if missing:

@@ -43,7 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not debug:
                 warnings.showwarning = _show_warning
             return args.run(args)
-    except FlashscenicError as exc:
+    except (FlashscenicError, OSError) as exc:
+        # An OSError naming a file (missing, unwritable, a folder where a file was expected)
+        # is a user mistake too; other OSErrors are not.
+        if isinstance(exc, OSError) and not isinstance(exc, FlashscenicError) and exc.filename is None:
+            raise
         if debug:
             traceback.print_exc()
         else:

@@ -238,8 +238,25 @@ class _Params:
             object.__setattr__(self, "seed", int(np.random.SeedSequence().entropy % 2**31))
         if self.pruning_merge_strategy not in ("union", "best"):
             raise InputError(f"pruning_merge_strategy={self.pruning_merge_strategy!r} is not 'union' or 'best'")
-        if isinstance(self.module_k, bool) or not isinstance(self.module_k, (int, np.integer)) or self.module_k < 1:
-            raise InputError(f"module_k must be a positive integer, got {self.module_k!r}")
+        for name, low in [("module_k", 1), ("grn_n_steps", 1), ("module_min_targets", 0), ("pruning_min_genes", 0),
+                          ("pruning_rank_threshold", 1), ("aucell_batch_size", 1), ("grn_max_cells", 1),
+                          ("aucell_k", 1), ("seed", 0)]:
+            value = getattr(self, name)
+            if value is None and name in ("grn_max_cells", "aucell_k"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.seed >= 2**32:
+            raise InputError(f"seed must be below 2**32 (numpy's RandomState), got {self.seed}")
+        for name, high in [("pruning_auc_threshold", 1.0), ("aucell_auc_threshold", 1.0)]:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0 < value <= high:
+                raise InputError(f"{name} must be a number in (0, {high:g}], got {value!r}")
+        for name in ("grn_sparsity_threshold", "pruning_nes_threshold", "annotation_motif_similarity_fdr",
+                     "annotation_orthologous_identity"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not np.isfinite(value):
+                raise InputError(f"{name} must be a finite number, got {value!r}")
 
 
 def _parameters(function: Callable, values: dict, exclude: Sequence[str] = ()) -> dict:
@@ -274,14 +291,23 @@ def _require_regdiffusion() -> None:
                           "(pySCENIC/GRNBoost2 adjacencies) to skip it") from None
 
 
+_OWN_HANDLER: list = []  # the handler added for a user who configured no logging
+
+
 def _configure_logging(verbose: bool) -> None:
-    """Stage messages reach a user who configured no logging (INFO when verbose)."""
-    if verbose and not logging.getLogger().handlers and not logger.handlers:
+    """Stage messages reach a user who configured no logging: INFO when verbose, else WARNING.
+
+    A user's own logging configuration (root handlers, or a level set on the
+    ``flashscenic`` logger) is left alone.
+    """
+    if not _OWN_HANDLER:
+        if logging.getLogger().handlers or logger.handlers or logger.level != logging.NOTSET:
+            return
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("[flashscenic] %(message)s"))
         logger.addHandler(handler)
-    if verbose and logger.level in (logging.NOTSET,) or verbose and logger.level > logging.INFO:
-        logger.setLevel(logging.INFO)
+        _OWN_HANDLER.append(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 class _Timer:
@@ -336,14 +362,23 @@ def prepare_resources(species: str = "human", *, datasource: str = "scenic", ver
     """The run's resources: the paths given, the rest downloaded (verified, cached) for ``species``."""
     if isinstance(ranking_db_paths, (str, Path)):
         ranking_db_paths = [ranking_db_paths]
-    if tf_list_path is None or not ranking_db_paths or motif_annotation_path is None:
+    given = [n for n, v in [("tf_list_path", tf_list_path), ("ranking_db_paths", ranking_db_paths),
+                            ("motif_annotation_path", motif_annotation_path)] if v]
+    if given and len(given) < 3:
+        missing = sorted({"tf_list_path", "ranking_db_paths", "motif_annotation_path"} - set(given))
+        raise InputError(f"{', '.join(given)} given but not {', '.join(missing)}: give all three resource paths "
+                         f"(TF list, ranking databases, motif annotation), or none to download the {species} "
+                         f"{version} set")
+    if not given:
         from .data import download_data
 
         got = download_data(species, version, datasource, cache_dir=cache_dir, verbose=verbose)
         tf_list_path = tf_list_path or got.tf_list
         ranking_db_paths = ranking_db_paths or got.ranking_databases
         motif_annotation_path = motif_annotation_path or got.motif_annotation
-    paths = Resources(Path(tf_list_path), tuple(Path(p) for p in ranking_db_paths), Path(motif_annotation_path))
+    # absolute: workers of an external cluster may run in another working directory
+    paths = Resources(Path(tf_list_path).resolve(), tuple(Path(p).resolve() for p in ranking_db_paths),
+                      Path(motif_annotation_path).resolve())
     for what, path in [("TF list", paths.tf_list), ("motif annotation", paths.motif_annotation),
                        *[("ranking database", p) for p in paths.ranking_databases]]:
         if not path.is_file():
@@ -424,12 +459,14 @@ def make_modules(weights: np.ndarray, tf_names: Sequence[str], gene_names: Seque
     if not kept:
         with_links = int((np.asarray(weights) > 0).any(axis=1).sum())
         raise InputError(
-            f"no TF survived module building: {len(tf_names)} TFs among the genes, {with_links} with a GRN weight "
-            f">= grn_sparsity_threshold={params.grn_sparsity_threshold}; {n_built} modules of {n_tfs} TFs were built, "
+            f"no TF survived module building: {len(tf_names)} TFs among the genes, {with_links} with a positive GRN "
+            f"weight (RegDiffusion weights: those >= grn_sparsity_threshold={params.grn_sparsity_threshold}); "
+            f"{n_built} modules of {n_tfs} TFs were built, "
             f"{n_small} had fewer than module_min_targets={params.module_min_targets} genes"
             + (f" and {n_built - n_small} fewer than module_min_fraction={params.module_min_fraction} of the genes"
                if params.module_min_fraction is not None else "")
-            + ". Lower grn_sparsity_threshold or module_min_targets, or train the GRN longer (grn_n_steps)")
+            + ". Lower module_min_targets, or (RegDiffusion) grn_sparsity_threshold, or train the GRN longer "
+            "(grn_n_steps); with your own adjacencies, check that they hold enough links per TF")
     logger.info("%d modules of %d TFs (%d dropped as too small)", len(kept), len({m.tf for m in kept}),
                 n_built - len(kept))
     return kept
@@ -654,12 +691,15 @@ def run_pipeline(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.zarr"
-    recorded = {"params": _json(params), "resources": resources.as_parameters(), "expression": str(store.path)}
+    recorded = {"params": _json(params), "resources": resources.as_parameters(),
+                "expression": str(Path(store.path).resolve()), "source": store.metadata.get("source")}
     if resume and results_path.exists():
         results = open_results_store(results_path)
         previous = results.parameters
-        if previous.get("params") != recorded["params"] or previous.get("expression") != recorded["expression"]:
-            raise InputError(f"--resume: {results_path} was made with other parameters or another input; "
+        words = {"params": "parameters", "resources": "resources", "expression": "expression store", "source": "input"}
+        changed = [words[k] for k in words if previous.get(k) != recorded[k]]
+        if changed:
+            raise InputError(f"--resume: {results_path} was made with other {' and '.join(changed)}; "
                              "run without --resume (or with the same settings) to start afresh")
         logger.info("resuming %s: complete stages %s", results_path, [s for s in STAGES if results.is_complete(s)])
         if chunk_cells is not None and chunk_cells != results.chunk_rows:
@@ -673,6 +713,10 @@ def run_pipeline(
         labels = store.obs().drop(columns=["cell"], errors="ignore")
         if len(labels.columns):
             results.write_cell_labels(labels)
+    labelled = [c for c in results.read_cells().columns if c != "cell"]
+    if cell_type_column is not None and cell_type_column not in labelled:
+        raise InputError(f"no cell-label column {cell_type_column!r} in {store.path}; it has {labelled} "
+                         "(ingest with obs_columns=[...] / --obs-columns to keep one)")
 
     # GRN (one task: one device)
     if results.is_complete("grn"):
@@ -681,7 +725,7 @@ def run_pipeline(
         start = time.perf_counter()
         if adjacencies is None:
             _require_regdiffusion()
-            [(weights, tf_rows)] = executor.map(_grn_task, [(str(store.path), tf_names, params)],
+            [(weights, tf_rows)] = executor.map(_grn_task, [(recorded["expression"], tf_names, params)],
                                                 description="GRN", gpu=True, verbose=False)
         else:
             weights, tf_rows = infer_weights(None, gene_names, tf_names, params, adjacencies=adjacencies)
@@ -724,7 +768,8 @@ def run_pipeline(
         logger.info("AUCell: %d of %d chunks to score (%d cells each)", len(missing), n_chunks, results.chunk_rows)
         shared = executor.share(adjacency)
         task_params = _replace(params, verbose=False)
-        executor.map(_aucell_chunk_task, [(str(results.path), str(store.path), i, shared, task_params) for i in missing],
+        executor.map(_aucell_chunk_task, [(str(Path(results.path).resolve()), recorded["expression"], i, shared,
+                                           task_params) for i in missing],
                      description="AUCell", gpu=True, verbose=verbose)
         del shared
         results.finish_auc(time.perf_counter() - start)

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.feather as feather
 import pyarrow.ipc as ipc
 
-from ._errors import InputError
+from ._errors import InputError, MissingFileError
 
 __all__ = ["RankingDatabase", "read_ranking_database", "read_database_gene_names", "INDEX_COLUMNS"]
 
@@ -155,7 +155,7 @@ def read_ranking_database(path, name: str | None = None, validate: bool = True, 
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"ranking database {str(path)!r} does not exist")
+        raise MissingFileError(f"ranking database {str(path)!r} does not exist")
     size = path.stat().st_size
     if size == 0:
         raise InputError(f"ranking database {str(path)!r} is empty (0 bytes); download it again")
@@ -191,7 +191,7 @@ def read_database_gene_names(path) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"ranking database {str(path)!r} does not exist")
+        raise MissingFileError(f"ranking database {str(path)!r} does not exist")
     for npy, meta_path in _cache_candidates(path, None):
         meta = _read_meta(meta_path)
         if meta is not None and _same_stat(meta, path.stat()):

@@ -196,3 +196,35 @@ def test_report(finished_run, tmp_path, capsys):
     html = (tmp_path / "r.html").read_text()
     assert html.count("<img") >= 5 and "cell_type" in html
     one_line_error(capsys, ["report", str(tmp_path), "-o", str(tmp_path / "x.html")], "")
+
+
+def test_path_mistakes_are_one_line_errors(files, tmp_path, capsys):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    one_line_error(capsys, ["run", files["h5ad"], "--out", str(a_file), *resources(files), "--n-workers", "0"],
+                   "file.txt")
+    one_line_error(capsys, ["run", files["h5ad"], "--out", str(tmp_path / "o"), "--ranking-db", files["ranking_db"],
+                            "--motif-annotation", files["motif_annotation"], "--n-workers", "0"],
+                   "give all three resource paths")
+    one_line_error(capsys, ["aucell", files["h5ad"], str(tmp_path / "missing.csv"), "-o", str(tmp_path / "a.csv")],
+                   "missing.csv")
+    one_line_error(capsys, ["grn", files["h5ad"], str(tmp_path / "no_tfs.txt"), "-o", str(tmp_path / "a.tsv")],
+                   "no_tfs.txt")
+    one_line_error(capsys, ["run", files["h5ad"], "--out", str(tmp_path / "o2"), *resources(files), "--seed", "-1",
+                            "--adjacencies", files["adj"], "--n-workers", "0"], "seed must be an integer >= 0")
+
+
+def test_rss_leaves_unlabelled_cells_out(files, finished_run, tmp_path):
+    from flashscenic.export import write_auc_csv
+    from flashscenic.rss import regulon_specificity_scores
+
+    auc = open_results_store(finished_run / "results.zarr").read_auc(as_frame=True)
+    write_auc_csv(auc, tmp_path / "auc.csv")
+    labels = pd.read_csv(files["cell_types"], index_col=0)
+    labels.iloc[:100, 0] = np.nan
+    labels.to_csv(tmp_path / "labels.csv")
+    assert main(["rss", str(tmp_path / "auc.csv"), "--cell-types", str(tmp_path / "labels.csv"), "-o",
+                 str(tmp_path / "r.csv")]) == 0
+    got = pd.read_csv(tmp_path / "r.csv", index_col=0, float_precision="round_trip")
+    expected = regulon_specificity_scores(read_auc_csv(tmp_path / "auc.csv").iloc[100:], files["data"].cell_types[100:])
+    np.testing.assert_array_equal(got.to_numpy(), expected.to_numpy())

@@ -98,7 +98,7 @@ def test_seed_none_draws_a_seed_and_records_it(sim):
     "change, message",
     [
         pytest.param(dict(module_min_targets=10_000), "no TF survived module building", id="no-module"),
-        pytest.param(dict(grn_sparsity_threshold=100.0), "0 with a GRN weight", id="no-link"),
+        pytest.param(dict(grn_sparsity_threshold=100.0), "0 with a positive GRN weight", id="no-link"),
         pytest.param(dict(pruning_nes_threshold=1000.0), "no regulon survived pruning", id="no-motif"),
         pytest.param(dict(pruning_min_genes=10_000), "fewer than pruning_min_genes=10000", id="too-small"),
     ],
@@ -206,3 +206,54 @@ def test_run_pipeline_resume_keeps_finished_stages(sim, store, tmp_path):
     with pytest.raises(ValueError, match="other parameters"):
         run_pipeline(store, tmp_path / "run", resources=resources, params=params_from({"device": "cpu", "seed": 5}),
                      resume=True, verbose=False)
+
+
+def test_partial_resource_paths_are_refused_not_downloaded(sim):
+    data, paths = sim
+    with pytest.raises(ValueError, match="give all three resource paths"):
+        run_flashscenic(data.expression, data.gene_names, ranking_db_paths=[str(paths["ranking_db"])],
+                        motif_annotation_path=str(paths["motif_annotation"]), adj_matrix=planted_adjacencies(data),
+                        device="cpu", verbose=False)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(seed=-1), "seed must be an integer >= 0"),
+    (dict(seed=2**32), "seed must be below 2\\*\\*32"),
+    (dict(aucell_auc_threshold=2.0), "aucell_auc_threshold must be a number in"),
+    (dict(pruning_auc_threshold=0.0), "pruning_auc_threshold must be a number in"),
+    (dict(grn_n_steps=0), "grn_n_steps must be an integer >= 1"),
+    (dict(pruning_nes_threshold=float("nan")), "pruning_nes_threshold must be a finite number"),
+])
+def test_parameters_are_checked_before_any_work(sim, change, message):
+    data, paths = sim
+    with pytest.raises(ValueError, match=message):
+        run_flashscenic(data.expression, data.gene_names, **resource_args(paths), device="cpu", verbose=False,
+                        **change)
+
+
+def test_verbose_false_silences_stage_messages(sim, tmp_path):
+    """In a fresh process without logging set up: verbose=True prints stages, verbose=False nothing."""
+    import subprocess
+
+    data, paths = sim
+    planted_adjacencies(data).to_csv(tmp_path / "adj.csv", index=False)
+    np.save(tmp_path / "x.npy", data.expression)
+    (tmp_path / "genes.txt").write_text("\n".join(data.gene_names))
+    code = f"""
+import numpy as np, pandas as pd
+from flashscenic import run_flashscenic
+x = np.load({str(tmp_path / "x.npy")!r}); genes = open({str(tmp_path / "genes.txt")!r}).read().split()
+run = dict(tf_list_path={str(paths["tf_list"])!r}, ranking_db_paths=[{str(paths["ranking_db"])!r}],
+           motif_annotation_path={str(paths["motif_annotation"])!r}, device="cpu",
+           adj_matrix=pd.read_csv({str(tmp_path / "adj.csv")!r}))
+import sys
+for verbose in (True, False, True, False):
+    print("RUN", verbose, file=sys.stderr, flush=True)
+    run_flashscenic(x, genes, **run, verbose=verbose)
+"""
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True).stderr
+    runs = err.split("RUN ")[1:]
+    assert [r.split()[0] for r in runs] == ["True", "False", "True", "False"]
+    for text in runs:
+        said = "[flashscenic] pruning done" in text
+        assert said == text.startswith("True"), text
