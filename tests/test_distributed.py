@@ -193,6 +193,11 @@ def test_get_aucell_rows_are_independent_of_split_and_batch_on_csr(case, seed, o
 # --- distributed == in process -------------------------------------------------------
 
 
+# read on the worker (a bound os.environ.get would be pickled with the client's environment);
+# a lambda is pickled by value, so workers of an external cluster can run it too
+_worker_env = lambda name: __import__("os").environ.get(name)  # noqa: E731
+
+
 @pytest.mark.parametrize("n_workers, chunks", [(1, {"dense": 77, "csr": 333}), (2, {"dense": 130, "csr": 99}),
                                                (3, {"dense": 301, "csr": 71})])
 def test_distributed_equals_in_process(case, tmp_path, n_workers, chunks):
@@ -203,6 +208,8 @@ def test_distributed_equals_in_process(case, tmp_path, n_workers, chunks):
             assert "dask_cuda" not in sys.modules
             assert type(executor.cluster).__name__ == "LocalCluster"
         assert executor.client.scheduler.address.startswith("tcp://127.0.0.1:")
+        allocator = executor.client.run(_worker_env, "MALLOC_MMAP_THRESHOLD_")  # worker_environment()
+        assert set(allocator.values()) == {str(32 * 2**20)}
     else:
         executor = _local_cluster(n_workers)
     try:
@@ -283,6 +290,9 @@ def test_external_scheduler_started_by_the_local_recipe(case, tmp_path):
             assert isinstance(executor, DaskExecutor) and executor.cluster is None
             assert executor.n_workers == 2
             assert all(address.startswith("tcp://127.0.0.1:") for address in executor._workers())
+            # the recipe's dask-config: torch-friendly malloc settings in the workers
+            allocator = executor.client.run(_worker_env, "MALLOC_MMAP_THRESHOLD_")
+            assert set(allocator.values()) == {"33554432"}
             results = _run(case, "csr", tmp_path / "out", executor, chunk_cells=151)
             _assert_same(results, case["reference"]["csr"])
             address = executor.client.scheduler.address

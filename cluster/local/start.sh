@@ -84,6 +84,8 @@ else
     WORKERS=${WORKERS:-$(getconf _NPROCESSORS_ONLN)}
     WORKER_COMMAND=(worker --nworkers "$WORKERS")
 fi
+# torch-friendly malloc in Dask workers (see ../README.md); the workers inherit it.
+export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-33554432}
 setsid "$DASK" "${WORKER_COMMAND[@]}" --scheduler-file "$DIR/scheduler.json" --host "$HOST" \
     --nthreads "$THREADS" --memory-limit "$MEMORY" --local-directory "$DIR/work" \
     >"$DIR/workers.log" 2>&1 </dev/null &

@@ -48,6 +48,8 @@ def main() -> None:
         # The job's one GPU is the worker's; GPU=1 lets flashscenic send its GPU tasks there.
         worker_extra_args=["--resources", "GPU=1"] if gpu else [],
         scheduler_options={"dashboard_address": ":8787"},
+        # torch-friendly malloc in Dask workers (cluster/README.md)
+        job_script_prologue=["export MALLOC_MMAP_THRESHOLD_=33554432"],
     )
     cluster.scale(jobs=args.jobs)
     client = Client(cluster)
