@@ -144,9 +144,17 @@ def _read_expression(path: str, args: argparse.Namespace):
     if _is_expression_store(path):
         store = open_expression_store(path)
         return store.read_rows(0, store.n_cells, store.layout), list(store.gene_names), list(store.cell_names)
+    import logging
+
+    quiet = logging.getLogger("flashscenic.store")  # the temporary store is no news to the user
+    level = quiet.level
     with tempfile.TemporaryDirectory(prefix="flashscenic-") as tmp:
-        store = ingest_expression(path, Path(tmp) / "expression.zarr", layer=args.layer, log1p=args.log1p,
-                                  transpose=args.transpose, verbose=False)
+        quiet.setLevel(logging.WARNING)
+        try:
+            store = ingest_expression(path, Path(tmp) / "expression.zarr", layer=args.layer, log1p=args.log1p,
+                                      transpose=args.transpose, verbose=False)
+        finally:
+            quiet.setLevel(level)
         matrix = store.read_rows(0, store.n_cells, store.layout)
         return matrix, list(store.gene_names), list(store.cell_names)
 
@@ -214,6 +222,10 @@ def _run(args: argparse.Namespace) -> int:
         from ._errors import MissingFileError
 
         raise MissingFileError(f"input {args.input!r} does not exist")
+    if not args.adjacencies:
+        from .pipeline import _require_regdiffusion
+
+        _require_regdiffusion()  # before any download or ingest
     start = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

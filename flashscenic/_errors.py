@@ -16,3 +16,7 @@ class InputError(FlashscenicError, ValueError):
 
 class MissingFileError(InputError, FileNotFoundError):
     """An input file that does not exist; catchable as FileNotFoundError too."""
+
+
+class MissingDependencyError(FlashscenicError, ImportError):
+    """An optional package a step needs is not installed; catchable as ImportError too."""

@@ -18,7 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ._device import resolve_device
-from ._errors import InputError
+from ._errors import InputError, MissingDependencyError
 
 __all__ = ["GRNResult", "infer_grn", "weights_to_adjacencies"]
 
@@ -77,7 +77,7 @@ def infer_grn(expression, gene_names, tf_names, *, n_steps: int = 1000, sparsity
     try:
         import regdiffusion
     except ImportError:  # pragma: no cover - a dependency, but say what to do
-        raise ImportError("GRN inference needs regdiffusion: pip install regdiffusion") from None
+        raise MissingDependencyError("GRN inference needs regdiffusion: pip install regdiffusion") from None
 
     gene_names = [str(g) for g in gene_names]
     n_cells, n_genes = expression.shape

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ._errors import InputError
+from ._errors import InputError, MissingDependencyError
 
 __all__ = ["run_flashscenic", "run_pipeline", "Resources", "prepare_resources", "infer_weights", "make_modules",
            "prune_task", "merge_pruned", "aucell_block", "InProcessExecutor", "STAGES"]
@@ -287,7 +287,7 @@ def _require_regdiffusion() -> None:
     try:
         import regdiffusion  # noqa: F401
     except ImportError:
-        raise ImportError("GRN inference needs regdiffusion (pip install regdiffusion), or pass adj_matrix= "
+        raise MissingDependencyError("GRN inference needs regdiffusion (pip install regdiffusion), or pass adj_matrix= "
                           "(pySCENIC/GRNBoost2 adjacencies) to skip it") from None
 
 

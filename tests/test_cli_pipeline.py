@@ -228,3 +228,22 @@ def test_rss_leaves_unlabelled_cells_out(files, finished_run, tmp_path):
     got = pd.read_csv(tmp_path / "r.csv", index_col=0, float_precision="round_trip")
     expected = regulon_specificity_scores(read_auc_csv(tmp_path / "auc.csv").iloc[100:], files["data"].cell_types[100:])
     np.testing.assert_array_equal(got.to_numpy(), expected.to_numpy())
+
+
+def test_run_without_regdiffusion_is_a_one_line_error_before_any_work(files, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "regdiffusion", None)
+    out = tmp_path / "run"
+    one_line_error(capsys, ["run", files["h5ad"], "--out", str(out), *resources(files), "--n-workers", "0"],
+                   "pip install regdiffusion")
+    assert not out.exists()  # refused before ingesting anything
+
+
+def test_stage_verbs_do_not_mention_their_temporary_store(files, tmp_path, capsys):
+    motifs = tmp_path / "reg.csv"
+    assert main(["ctx", files["adj"], files["ranking_db"], "--annotations", files["motif_annotation"], "-o",
+                 str(motifs), "--device", "cpu", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["aucell", files["h5ad"], str(motifs), "-o", str(tmp_path / "auc.csv"), "--device", "cpu"]) == 0
+    assert "ingested" not in capsys.readouterr().err
