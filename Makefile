@@ -40,6 +40,7 @@ bench: install $(REF)/.installed
 	$(BIN)/python benchmarks/database_load.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/store.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/scale.py --out BENCHMARKS.md
+	$(BIN)/python benchmarks/worker_allocator.py --out BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) .venv-ref build *.egg-info .pytest_cache
