@@ -267,10 +267,14 @@ def _executor(args: argparse.Namespace):
     """In process for --n-workers 0, else a Dask cluster (embedded or the one given)."""
     from .distributed import start_executor
 
-    dashboard = None if str(args.dashboard_address).lower() == "none" else args.dashboard_address
     return start_executor(n_workers=args.n_workers, threads_per_worker=args.threads_per_worker,
                           scheduler=args.scheduler, scheduler_file=args.scheduler_file,
-                          dashboard_address=dashboard, verbose=not args.quiet)
+                          dashboard_address=dashboard_address(args.dashboard_address), verbose=not args.quiet)
+
+
+def dashboard_address(flag: str) -> str | None:
+    """The ``--dashboard-address`` flag's value for ``start_executor``: ``'none'`` means no dashboard."""
+    return None if str(flag).lower() == "none" else flag
 
 
 # ----------------------------------------------------------------------------- stages
@@ -441,7 +445,8 @@ def _rss(args: argparse.Namespace) -> int:
         import pandas as pd
 
         sep = "\t" if Path(args.cell_types).suffix.lower() in (".tsv", ".txt") else ","
-        labels = pd.read_csv(args.cell_types, sep=sep, index_col=0, dtype=str, keep_default_na=False)
+        # names stay text ("NA" is a name); an empty field is a missing label
+        labels = pd.read_csv(args.cell_types, sep=sep, index_col=0, dtype=str, keep_default_na=False, na_values=[""])
     if labels is None or labels.shape[1] == 0:
         raise InputError("no cell labels: give --cell-types FILE (or a results store whose cells carry labels)")
     column = args.cell_type_column or labels.columns[0]
@@ -453,7 +458,7 @@ def _rss(args: argparse.Namespace) -> int:
     if len(missing):
         raise InputError(f"{len(missing)} cells of the AUC have no label, e.g. {list(missing[:3])}")
     values = labels.loc[auc.index, column]
-    labelled = (values.notna() & (values.astype(str) != "")).to_numpy()  # as `run`: unlabelled cells are left out
+    labelled = values.notna().to_numpy()  # as `run`: unlabelled cells are left out
     rss = regulon_specificity_scores(auc.iloc[labelled], values[labelled].astype(str).to_numpy())
     rss.rename_axis(column).to_csv(args.output, sep="\t" if args.output.endswith(".tsv") else ",")
     print(f"RSS of {rss.shape[1]} regulons in {rss.shape[0]} cell types written to {args.output}.")

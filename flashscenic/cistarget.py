@@ -396,6 +396,20 @@ class _DatabaseKernel:
 # ----------------------------------------------------------------------------- pruner
 
 
+def mostly_absent(n_genes: int, n_present: int) -> bool:
+    """pySCENIC's 80% rule: a module is skipped in a database that lacks 20% or more of its genes."""
+    return n_genes == 0 or (n_genes - n_present) / n_genes >= 0.20
+
+
+def select_motif_rows(table: pd.DataFrame, merge_strategy: str) -> pd.DataFrame:
+    """Apply a merge strategy to motif rows: 'union' keeps all, 'best' the top NES per (TF, motif),
+    the survivors in their original order."""
+    if merge_strategy == "union" or table.empty:
+        return table
+    best = table.sort_values("NES", ascending=False, kind="stable").drop_duplicates(["TF", "MotifID"])
+    return best.sort_index()
+
+
 class CisTargetPruner:
     """Prune co-expression modules into regulons with cisTarget ranking databases.
 
@@ -567,11 +581,7 @@ class CisTargetPruner:
         return self._merge_regulons_by_tf(self._merge_regulons(table))
 
     def _merge_regulons(self, table: pd.DataFrame) -> pd.DataFrame:
-        """Apply ``merge_strategy`` to the motif rows: 'union' keeps all, 'best' the top NES per (TF, motif)."""
-        if self.merge_strategy == "union" or table.empty:
-            return table
-        best = table.sort_values("NES", ascending=False, kind="stable").drop_duplicates(["TF", "MotifID"])
-        return best.sort_index()
+        return select_motif_rows(table, self.merge_strategy)
 
     def _merge_regulons_by_tf(self, table: pd.DataFrame) -> list[dict]:
         """One regulon per (TF, type): union of targets, max weight (pySCENIC's df2regulons)."""
@@ -602,7 +612,7 @@ class CisTargetPruner:
         jobs = []  # (module number, database gene index, weights of those genes)
         for number, genes in enumerate(modules):
             index, present = database.gene_indices(genes)
-            if len(genes) == 0 or (len(genes) - present.sum()) / len(genes) >= 0.20:
+            if mostly_absent(len(genes), int(present.sum())):
                 logger.info("module %d of %s: under 80%% of its genes are in %s; skipped",
                             number, tf_names[number], database.name)
                 continue

@@ -177,6 +177,7 @@ def _demo(args: argparse.Namespace) -> int:
     import anndata
     import pandas as pd
 
+    from ._cli_pipeline import dashboard_address
     from ._errors import InputError
     from .distributed import start_executor
     from .pipeline import params_from, prepare_resources, run_pipeline
@@ -204,8 +205,8 @@ def _demo(args: argparse.Namespace) -> int:
                                   motif_annotation_path=paths["motif_annotation"], verbose=verbose)
     params = params_from({"grn_n_steps": args.grn_n_steps, "device": args.device, "seed": args.seed,
                           "verbose": verbose})
-    dashboard = None if str(args.dashboard_address).lower() == "none" else args.dashboard_address
-    executor = start_executor(n_workers=args.n_workers, dashboard_address=dashboard, verbose=verbose)
+    executor = start_executor(n_workers=args.n_workers, dashboard_address=dashboard_address(args.dashboard_address),
+                              verbose=verbose)
     executor_name = executor.name
     try:
         results = run_pipeline(store, out, resources=resources, params=params, executor=executor,

@@ -205,29 +205,34 @@ def run_flashscenic(
 
 @dataclass(frozen=True)
 class _Params:
-    """The numeric parameters the stage tasks need (picklable, hashable for caches)."""
+    """The numeric parameters the stage tasks need (picklable, hashable for caches).
 
-    grn_n_steps: int = 1000
-    grn_sparsity_threshold: float = 1.5
-    module_k: int = 50
-    module_percentile_thresholds: tuple = (75,)
-    module_top_n_per_target: tuple = (5, 10, 50)
-    module_min_targets: int = 20
-    module_min_fraction: float | None = None
-    module_include_tf: bool = True
-    pruning_rank_threshold: int = 5000
-    pruning_auc_threshold: float = 0.05
-    pruning_nes_threshold: float = 3.0
-    pruning_min_genes: int = 0
-    pruning_merge_strategy: str = "union"
-    annotation_motif_similarity_fdr: float = 0.001
-    annotation_orthologous_identity: float = 0.0
-    aucell_k: int | None = None
-    aucell_auc_threshold: float = 0.05
-    aucell_batch_size: int = 32
-    device: str = "cuda"
-    seed: int | None = None
-    verbose: bool = True
+    Defaults live in one place, ``run_flashscenic``'s signature: build it with
+    ``params_from`` (or from that call's arguments). ``grn_max_cells`` is the store
+    pipeline's own (``flashscenic run --grn-max-cells``).
+    """
+
+    grn_n_steps: int
+    grn_sparsity_threshold: float
+    module_k: int
+    module_percentile_thresholds: tuple
+    module_top_n_per_target: tuple
+    module_min_targets: int
+    module_min_fraction: float | None
+    module_include_tf: bool
+    pruning_rank_threshold: int
+    pruning_auc_threshold: float
+    pruning_nes_threshold: float
+    pruning_min_genes: int
+    pruning_merge_strategy: str
+    annotation_motif_similarity_fdr: float
+    annotation_orthologous_identity: float
+    aucell_k: int | None
+    aucell_auc_threshold: float
+    aucell_batch_size: int
+    device: str
+    seed: int | None
+    verbose: bool
     grn_max_cells: int | None = None
 
     def __post_init__(self):
@@ -505,13 +510,13 @@ def merge_pruned(tables: Sequence[pd.DataFrame], modules: Sequence, params: _Par
     Rows are sorted by (TF, motif, database) with a stable sort over tasks given in
     (database, shard) order, which is the in-process order whatever the sharding.
     """
+    from .cistarget import select_motif_rows
     from .regulons import MOTIF_COLUMNS, regulons_from_motifs
 
     frames = [t for t in tables if len(t)]
     table = (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(MOTIF_COLUMNS)))
     table = table.sort_values(["TF", "MotifID", "Database"], kind="stable").reset_index(drop=True)
-    if params.pruning_merge_strategy == "best" and len(table):
-        table = table.sort_values("NES", ascending=False, kind="stable").drop_duplicates(["TF", "MotifID"]).sort_index()
+    table = select_motif_rows(table, params.pruning_merge_strategy)
     regulons = regulons_from_motifs(table) if len(table) else []
     kept = [r for r in regulons if r["n_genes"] >= params.pruning_min_genes]
     if not kept:
@@ -524,15 +529,14 @@ def _no_regulon_message(table, regulons, modules, params: _Params, resources: Re
     """Why pruning left nothing: modules skipped by the 80% rule, motifs enriched, annotations."""
     parts = [f"no regulon survived pruning: {len(modules)} modules of {len({m.tf for m in modules})} TFs were pruned"]
     if resources is not None:
-        from .rankdb import read_database_gene_names
+        from .cistarget import mostly_absent
 
-        for db in resources.ranking_databases:
-            known = set(read_database_gene_names(db))
-            skipped = sum((len(m) - sum(g in known for g in m.genes)) / max(len(m), 1) >= 0.2 for m in modules)
-            parts.append(f"{skipped} skipped in {db.name} (under 80% of their genes in it)")
         unannotated = 0
         for db in resources.ranking_databases:
             pruner = _pruner(str(db), str(resources.motif_annotation), params)
+            database = pruner.kernels[0].database
+            skipped = sum(mostly_absent(len(m), int(database.gene_indices(m.genes)[1].sum())) for m in modules)
+            parts.append(f"{skipped} skipped in {db.name} (under 80% of their genes in it)")
             pruner.filter_for_annotation = False
             try:
                 unannotated += len(pruner.motif_table([m.genes for m in modules], [m.tf for m in modules], (),
@@ -682,7 +686,7 @@ def run_pipeline(
     """
     from .store import create_results_store, open_expression_store, open_results_store
 
-    params = params or _Params()
+    params = params or params_from({})
     executor = executor or InProcessExecutor()
     _configure_logging(verbose)
     store = expression_store if hasattr(expression_store, "read_rows") else open_expression_store(expression_store)
@@ -812,4 +816,6 @@ def params_from(values: dict[str, Any]) -> _Params:
     unknown = set(values) - set(_Params.__dataclass_fields__)
     if unknown:
         raise InputError(f"unknown parameter(s): {sorted(unknown)}")
-    return _Params(**values)
+    defaults = {n: p.default for n, p in inspect.signature(run_flashscenic).parameters.items()
+                if n in _Params.__dataclass_fields__}
+    return _Params(**{**defaults, **values})
