@@ -210,7 +210,7 @@ def _add_run(commands, common) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ._errors import InputError
+    from .errors import InputError
     from .pipeline import run_pipeline
     from .store import ingest_expression, open_expression_store
 
@@ -219,7 +219,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.chunk_cells is not None and args.chunk_cells < 1:
         raise InputError(f"--chunk-cells must be >= 1, got {args.chunk_cells}")
     if not Path(args.input).exists():
-        from ._errors import MissingFileError
+        from .errors import MissingFileError
 
         raise MissingFileError(f"input {args.input!r} does not exist")
     if not args.adjacencies:
@@ -374,7 +374,7 @@ def _add_aucell(commands, common) -> None:
 
 
 def _read_regulons(path: str) -> list[dict]:
-    from ._errors import InputError
+    from .errors import InputError
     from .export import read_regulons_gmt, read_regulons_json
     from .regulons import read_motifs_csv, regulons_from_motifs
 
@@ -391,7 +391,7 @@ def _read_regulons(path: str) -> list[dict]:
 def _aucell(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ._errors import InputError
+    from .errors import InputError
     from .export import write_auc_csv
     from .pipeline import aucell_block
     from .regulons import regulons_to_adjacency
@@ -428,7 +428,7 @@ def _add_rss(commands, common) -> None:
 
 
 def _rss(args: argparse.Namespace) -> int:
-    from ._errors import InputError
+    from .errors import InputError
     from .export import read_auc_csv
     from .rss import regulon_specificity_scores
 

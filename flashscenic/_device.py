@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from ._errors import InputError
+from .errors import InputError
 
 _warned_no_cuda = False
 

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._device import resolve_device
-from ._errors import InputError
+from .errors import InputError
 
 __all__ = ["get_aucell", "rank_cutoff"]
 

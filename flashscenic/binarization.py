@@ -32,7 +32,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pandas as pd
 
-from ._errors import InputError
+from .errors import InputError
 
 __all__ = ["binarize_auc", "derive_threshold", "dip_statistic"]
 

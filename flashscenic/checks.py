@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._errors import InputError, MissingFileError
+from .errors import InputError, MissingFileError
 
 __all__ = ["GeneOverlap", "InputReport", "check_gene_overlap", "check_tf_overlap", "check_motif_annotation",
            "check_inputs", "read_tf_names"]

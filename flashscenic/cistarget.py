@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._device import resolve_device
-from ._errors import InputError, MissingFileError
+from .errors import InputError, MissingFileError
 from .rankdb import RankingDatabase, read_ranking_database
 from .regulons import MOTIF_COLUMNS, regulons_from_motifs
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from . import __version__
 from ._cli_pipeline import add_pipeline_parsers
 from ._cli_store import add_export_parser, add_ingest_parser
-from ._errors import FlashscenicError
+from .errors import FlashscenicError
 
 __all__ = ["main"]
 
@@ -178,7 +178,7 @@ def _demo(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from ._cli_pipeline import dashboard_address
-    from ._errors import InputError
+    from .errors import InputError
     from .distributed import start_executor
     from .pipeline import params_from, prepare_resources, run_pipeline
     from .report import write_report

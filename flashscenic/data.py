@@ -42,7 +42,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._errors import FlashscenicError, InputError
+from .errors import ChecksumError, DownloadError, FlashscenicError, InputError, ResourceNotFoundError  # noqa: F401 (re-exported)
 
 __all__ = [
     "DownloadedResources",
@@ -85,18 +85,6 @@ _SPECIES_ALIASES = {
 
 
 # ----------------------------------------------------------------------------- errors
-
-
-class DownloadError(FlashscenicError, OSError):
-    """A resource could not be downloaded (network, server or disk); the message says what to do."""
-
-
-class ChecksumError(DownloadError):
-    """A downloaded file does not match its published SHA-1; it has been deleted."""
-
-
-class ResourceNotFoundError(FlashscenicError, FileNotFoundError):
-    """A resource is not in the cache and may not be downloaded (offline mode)."""
 
 
 # ----------------------------------------------------------------------------- registry

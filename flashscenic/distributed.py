@@ -44,7 +44,7 @@ from typing import Any
 import dask
 from distributed import WorkerPlugin
 
-from ._errors import InputError, MissingFileError
+from .errors import InputError, MissingFileError
 
 __all__ = ["start_executor", "DaskExecutor", "use_cuda_cluster", "chunk_cells_for", "plan_chunk_cells",
            "torch_threads_for"]

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._errors import InputError, MissingFileError
+from .errors import InputError, MissingFileError
 from .store import (
     ExpressionStore,
     ResultsStore,

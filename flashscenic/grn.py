@@ -18,7 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ._device import resolve_device
-from ._errors import InputError, MissingDependencyError
+from .errors import InputError, MissingDependencyError
 
 __all__ = ["GRNResult", "infer_grn", "weights_to_adjacencies"]
 

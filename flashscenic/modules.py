@@ -39,7 +39,7 @@ import scipy.sparse as sp
 import torch
 
 from ._device import resolve_device
-from ._errors import InputError
+from .errors import InputError
 
 __all__ = [
     "Module",

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ._errors import InputError, MissingDependencyError
+from .errors import InputError, MissingDependencyError
 
 __all__ = ["run_flashscenic", "run_pipeline", "Resources", "prepare_resources", "infer_weights", "make_modules",
            "prune_task", "merge_pruned", "aucell_block", "InProcessExecutor", "STAGES"]
@@ -387,7 +387,7 @@ def prepare_resources(species: str = "human", *, datasource: str = "scenic", ver
     for what, path in [("TF list", paths.tf_list), ("motif annotation", paths.motif_annotation),
                        *[("ranking database", p) for p in paths.ranking_databases]]:
         if not path.is_file():
-            from ._errors import MissingFileError
+            from .errors import MissingFileError
 
             raise MissingFileError(f"{what} {str(path)!r} does not exist")
     return paths

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.feather as feather
 import pyarrow.ipc as ipc
 
-from ._errors import InputError, MissingFileError
+from .errors import InputError, MissingFileError
 
 __all__ = ["RankingDatabase", "read_ranking_database", "read_database_gene_names", "INDEX_COLUMNS"]
 

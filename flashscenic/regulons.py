@@ -44,7 +44,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from ._errors import InputError
+from .errors import InputError
 
 __all__ = [
     "MOTIF_COLUMNS",

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._errors import InputError, MissingFileError
+from .errors import InputError, MissingFileError
 from .store import ResultsStore, open_expression_store, open_results_store
 
 __all__ = ["write_report"]

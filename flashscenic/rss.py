@@ -24,7 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.special import rel_entr
 
-from ._errors import InputError
+from .errors import InputError
 
 __all__ = ["regulon_specificity_scores"]
 

@@ -70,7 +70,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._errors import InputError
+from .errors import InputError
 
 __all__ = ["SimulatedDataset", "simulate_dataset", "evaluate_regulons"]
 

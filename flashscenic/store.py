@@ -69,7 +69,7 @@ import scipy.sparse as sp
 import zarr
 from tqdm.auto import tqdm
 
-from ._errors import InputError, MissingFileError
+from .errors import InputError, MissingFileError
 
 __all__ = [
     "ExpressionStore",

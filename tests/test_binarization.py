@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from flashscenic._errors import InputError
+from flashscenic.errors import InputError
 from flashscenic.binarization import N_NULL_SAMPLES, _NullDips, binarize_auc, derive_threshold, dip_statistic
 from pyscenic_oracle import pyscenic_binarize, pyscenic_dip
 

@@ -33,7 +33,7 @@ import pyarrow.feather as feather
 import pytest
 import scipy.sparse as sp
 
-from flashscenic._errors import InputError, MissingFileError
+from flashscenic.errors import InputError, MissingFileError
 from flashscenic.aucell import get_aucell
 from flashscenic.pipeline import InProcessExecutor, _tf_shards, params_from, prepare_resources, run_pipeline
 from flashscenic.store import ingest_expression

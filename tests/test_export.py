@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flashscenic._errors import InputError
+from flashscenic.errors import InputError
 from flashscenic.export import (
     EXPORT_FORMATS,
     export_results,

@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from flashscenic._errors import InputError
+from flashscenic.errors import InputError
 from flashscenic.modules import (
     Module,
     binarize,

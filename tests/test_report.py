@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flashscenic._errors import InputError, MissingFileError
+from flashscenic.errors import InputError, MissingFileError
 from flashscenic.regulons import MOTIF_COLUMNS
 from flashscenic.report import write_report
 from flashscenic.store import create_results_store, ingest_expression, open_results_store

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from flashscenic._errors import InputError
+from flashscenic.errors import InputError
 from flashscenic.rss import regulon_specificity_scores
 from pyscenic_oracle import pyscenic_rss
 

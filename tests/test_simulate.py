@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
 
-from flashscenic._errors import InputError
+from flashscenic.errors import InputError
 from flashscenic.simulate import SimulatedDataset, evaluate_regulons, simulate_dataset
 
 SMALL = dict(n_cells=300, n_genes=200, n_tfs=4, n_decoy_tfs=2, n_cell_types=3, targets_per_tf=20,

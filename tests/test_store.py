@@ -20,7 +20,7 @@ import pytest
 import scipy.sparse as sp
 import zarr
 
-from flashscenic._errors import FlashscenicError, InputError
+from flashscenic.errors import FlashscenicError, InputError
 from flashscenic.store import (
     EXPRESSION_FORMAT,
     ExpressionStore,

@@ -1,0 +1,107 @@
+"""Helpers shared by every layer: atomic writes, name checks, reading users' text tables.
+
+One place each, so that "a file is never seen half-written" and "a user's table with a
+bad byte or a word in a number column is one clear line" hold everywhere alike.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import InputError, MissingFileError
+
+__all__ = ["atomic_path", "check_unique", "read_text", "numeric_columns"]
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed.
+
+    Works for files and folders alike: write anything at the yielded path (a file, a zarr
+    store); readers of ``path`` see the old version or the whole new one, never half of one
+    (Ctrl-C, a full disk or a crash leave only a hidden ``.NAME.partial-*`` behind).
+    A folder is swapped by two renames (the old one aside, then the new one in).
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} already exists; choose another path or pass overwrite=True (CLI --overwrite)")
+    if not path.parent.is_dir():
+        raise MissingFileError(f"the folder {path.parent} does not exist; create it first")
+    token = uuid.uuid4().hex[:8]
+    tmp = path.with_name(f".{path.name}.partial-{token}")
+    try:
+        yield tmp
+        if tmp.is_dir() and path.is_dir():
+            old = path.with_name(f".{path.name}.old-{token}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        elif tmp.exists():
+            if path.is_dir():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+    except BaseException:
+        remove(tmp)
+        raise
+
+
+def remove(path: Path) -> None:
+    """Remove a file or a folder tree if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def check_unique(names: Sequence, what: str) -> None:
+    """Refuse duplicated names with counts and examples (``what``: 'gene names', 'cell names', ...)."""
+    import pandas as pd
+
+    index = pd.Index(names)
+    if index.is_unique:
+        return
+    counts = Counter(index[index.duplicated(keep=False)])
+    examples = ", ".join(f"{name!r} x{n}" for name, n in list(counts.items())[:5])
+    fix = ("make them unique (anndata: var_names_make_unique()) or drop the duplicates" if "gene" in what
+           else "make them unique (anndata: obs_names_make_unique())" if "cell" in what else "make them unique")
+    raise InputError(f"{what} has {len(counts)} duplicated name(s) ({examples}); {fix}")
+
+
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """A user's text file as UTF-8; a file that is not UTF-8 is refused naming its line and byte."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{what} {str(path)!r} does not exist")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise InputError(f"{what} {str(path)!r} is not UTF-8 text: line {line} has the byte "
+                         f"0x{data[error.start]:02x}; save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
+def numeric_columns(frame, columns: Sequence[str], path, what: str, first_line: int = 2) -> None:
+    """Convert ``columns`` of ``frame`` to float in place; refuse a non-number naming file, line and column.
+
+    ``first_line`` is the file line of the frame's first row (2: one header line). Empty
+    fields stay NaN (missing), as pandas reads them.
+    """
+    import numpy as np
+    import pandas as pd
+
+    for column in columns:
+        values = frame[column]
+        numbers = pd.to_numeric(values, errors="coerce")
+        bad = numbers.isna().to_numpy() & values.notna().to_numpy()
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise InputError(f"{what} {str(path)!r}, line {first_line + row}, column {column!r}: "
+                             f"{values.iloc[row]!r} is not a number")
+        frame[column] = numbers.astype(np.float64)
