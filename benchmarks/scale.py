@@ -9,7 +9,7 @@ Why it is built this way:
   benchmark's values) is generated once as an h5ad, ingested into ``--work`` and kept
   there (the h5ad is deleted); later runs reuse it. The 100,000 and 300,000 cases are the
   first cells of the same store: every case reads the same kind of chunks.
-* AUCell runs exactly as in ``run_pipeline``: one ``_aucell_chunk_task`` per row chunk,
+* AUCell runs exactly as in ``run_pipeline``: one ``stages.aucell_chunk_task`` per row chunk,
   each reading its rows from the expression store and writing its AUC rows into a
   results store, the regulon matrix scattered once; the chunk size is what
   ``DaskExecutor.plan_chunk_cells`` derives from the workers' memory limit (2 GiB each
@@ -137,7 +137,7 @@ def _peak_mib() -> float:
 
 def aucell_case(executor, store_path: Path, n_cells: int, names, adjacency, params, work: Path) -> dict:
     """AUCell of the first ``n_cells`` cells on the cluster, as run_pipeline runs it."""
-    from flashscenic.pipeline import _aucell_chunk_task
+    from flashscenic.stages import aucell_chunk_task
     from flashscenic.store import create_results_store, open_expression_store
 
     store = open_expression_store(store_path)
@@ -149,7 +149,7 @@ def aucell_case(executor, store_path: Path, n_cells: int, names, adjacency, para
     executor.client.run(_reset_peak)
     start = time.perf_counter()
     shared = executor.share(adjacency)
-    executor.map(_aucell_chunk_task, [(str(results.path), str(store_path), i, shared, params) for i in range(n_chunks)],
+    executor.map(aucell_chunk_task, [(str(results.path), str(store_path), i, shared, params) for i in range(n_chunks)],
                  description=f"AUCell {n_cells:,}", verbose=False)
     results.finish_auc()
     seconds = time.perf_counter() - start
@@ -162,7 +162,7 @@ def aucell_case(executor, store_path: Path, n_cells: int, names, adjacency, para
 
 def in_process_check(store_path: Path, n_cells: int, adjacency, params, results_path: str) -> dict:
     """The same rows scored here with get_aucell: the AUC must be bit-identical."""
-    from flashscenic.pipeline import aucell_block
+    from flashscenic.stages import aucell_block
     from flashscenic.store import open_expression_store, open_results_store
 
     rows = open_expression_store(store_path).read_rows(0, n_cells, "csr")
@@ -175,17 +175,18 @@ def in_process_check(store_path: Path, n_cells: int, adjacency, params, results_
 
 def pruning_case(executor, databases, annotation, modules, params, repeats: int) -> dict:
     """Pruning in process (one task per database) and on the cluster (2 shards per database)."""
-    from flashscenic.pipeline import InProcessExecutor, _replace, _tf_shards, merge_pruned, prune_task
+    from flashscenic.executors import InProcessExecutor
+    from flashscenic.stages import merge_pruned, prune_task, tf_shards
 
     def run(on, n_shards, task_params):
-        shards = _tf_shards(modules, n_shards)
+        shards = tf_shards(modules, n_shards)
         tasks = [(str(db), shard, str(annotation), task_params) for db in databases for shard in shards]
         start = time.perf_counter()
         tables = on.map(prune_task, tasks, description="pruning", verbose=False)
         table, regulons = merge_pruned(tables, modules, params)
         return time.perf_counter() - start, table, regulons, len(tasks)
 
-    quiet = _replace(params, verbose=False)
+    quiet = params.replace(verbose=False)
     timings = {}
     outputs = {}
     for label, on, shards in (("in process", InProcessExecutor(), 1), ("dask", executor, executor.slots)):
@@ -301,7 +302,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
 
     from flashscenic.distributed import start_executor
-    from flashscenic.pipeline import params_from
+    from flashscenic.params import Params
 
     info = machine()
     report = {"date": datetime.date.today().isoformat(), "load_start": os.getloadavg()[0], "repeats": args.repeats,
@@ -312,7 +313,7 @@ def main() -> None:
     report["store_cells"] = max(sizes["cells"])
     report["store_chunk_rows"] = open_expression_store(store_path).chunk_rows
     names, adjacency = make_regulons(sizes["regulons"], GENES)
-    params = params_from({"device": "cpu", "seed": SEED, "verbose": False})
+    params = Params(device="cpu", seed=SEED, verbose=False)
     databases, annotation, modules = write_pruning_case(args.work, *sizes["prune"])
     report["pruning_shape"] = sizes["prune"]
 

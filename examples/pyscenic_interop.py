@@ -21,7 +21,8 @@ import pandas as pd
 
 from flashscenic import (build_modules, get_aucell, import_pyscenic, infer_grn, read_motifs_csv, write_adjacencies,
                          write_auc_csv, write_motifs_csv, write_report)
-from flashscenic.pipeline import merge_pruned, params_from, prune_task
+from flashscenic.params import Params
+from flashscenic.stages import merge_pruned, prune_task
 from flashscenic.simulate import simulate_dataset
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="flashscenic-interop-"))
@@ -34,7 +35,7 @@ cells = [f"cell{i}" for i in range(len(data.cell_types))]
 grn = infer_grn(data.expression, genes, data.tf_names, n_steps=150, device="auto", seed=0, verbose=False)
 write_adjacencies(grn.adjacencies, out / "adjacencies.tsv")
 modules = build_modules(grn.weights, grn.tf_names, genes, device="auto")
-params = params_from({"device": "auto", "seed": 0, "verbose": False})
+params = Params(device="auto", seed=0, verbose=False)
 table, _ = merge_pruned([prune_task(str(paths["ranking_db"]), modules, str(paths["motif_annotation"]), params)],
                         modules, params)
 write_motifs_csv(table, out / "reg.csv")

@@ -1,25 +1,24 @@
-"""The pipeline subcommands: ``run``, the pySCENIC-compatible stages ``grn``, ``ctx`` and
-``aucell``, and ``rss`` and ``report`` (wired into ``flashscenic.cli``).
+"""The pipeline commands: ``run``, the pySCENIC-compatible steps ``grn``, ``ctx`` and ``aucell``,
+and ``rss`` and ``report`` (wired into ``flashscenic.cli``).
 
-Every ``run_flashscenic`` parameter becomes a flag of the same name in dash form
-(``--grn-n-steps``), with its default and the first sentence of its documentation taken
-from the function itself, so the command line cannot drift from the Python API.
-``grn``/``ctx``/``aucell`` read and write pySCENIC's files (adjacencies TSV, reg.csv, AUC
-CSV), so any stage can be swapped for pySCENIC's own.
+Every flag of a SCENIC parameter is generated from ``flashscenic.Params`` (its name in dash
+form, its type, choices, default and the first sentence of its help), so the command line
+cannot drift from the Python API; the defaults where it deliberately differs are
+``params.CLI_DEFAULTS``, shown in ``--help``. Each command is one call of a public
+function: ``run`` -> ``run_pipeline``, ``grn``/``ctx``/``aucell``/``rss`` ->
+``flashscenic.steps``, ``report`` -> ``write_report``.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
-import re
-import tempfile
+import dataclasses
+import functools
 import time
-from pathlib import Path
 
-__all__ = ["add_pipeline_parsers"]
+from .params import CLI_DEFAULTS, DEFAULT_DASHBOARD, Params
 
-_DEVICES = ("auto", "cpu", "cuda")
+__all__ = ["add_pipeline_parsers", "params_from_args", "dashboard_address"]
 
 
 def add_pipeline_parsers(commands, common: argparse.ArgumentParser) -> None:
@@ -32,49 +31,39 @@ def add_pipeline_parsers(commands, common: argparse.ArgumentParser) -> None:
     _add_report(commands, common)
 
 
-# ----------------------------------------------------------------------------- flags
+# ----------------------------------------------------------------------------- flags from Params
 
 
-def _parameter_help() -> dict[str, str]:
-    """First sentence of each parameter's description in ``run_flashscenic``'s docstring."""
-    from .pipeline import run_flashscenic
-
-    doc = inspect.getdoc(run_flashscenic) or ""
-    section = doc.split("Parameters\n----------\n", 1)[-1].split("\n\nReturns", 1)[0]
-    found: dict[str, str] = {}
-    for block in re.split(r"\n(?=\S)", section):
-        name, _, text = block.partition("\n")
-        sentence = " ".join(text.split())
-        found[name.strip()] = sentence.split(". ")[0].rstrip(".")
-    return found
+def _first_sentence(text: str) -> str:
+    return text.split(". ")[0].rstrip(".")
 
 
-def _add_parameter_flags(parser: argparse.ArgumentParser, prefixes: tuple[str, ...]) -> None:
-    """Flags for the ``run_flashscenic`` parameters whose names start with ``prefixes``."""
-    from .pipeline import pipeline_parameters
-
-    helps = _parameter_help()
-    group = parser.add_argument_group("SCENIC parameters (as run_flashscenic's)")
-    for name, parameter in pipeline_parameters().items():
-        if not name.startswith(prefixes) or name in ("device", "seed"):
+def add_parameter_flags(group, groups: tuple[str, ...]) -> None:
+    """Add to ``group`` (a parser or an argument group) the flags of the ``Params`` fields of ``groups``."""
+    for spec in dataclasses.fields(Params):
+        meta = spec.metadata
+        if not meta["cli"] or meta["group"] not in groups:
             continue
-        default = parameter.default
-        flag = "--" + name.replace("_", "-")
+        flag = meta["flag"] or "--" + spec.name.replace("_", "-")
+        default, why = CLI_DEFAULTS.get(spec.name, (spec.default, None))
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
-        text = f"{helps.get(name, '').replace('``', '')} (default: {shown})".replace("%", "%%")
-        if isinstance(default, bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
-        elif isinstance(default, tuple):
-            kind = float if "percentile" in name else type(default[0]) if default else int
-            group.add_argument(flag, nargs="*", type=_number(kind), default=default, metavar="N", help=text)
-        elif default is None:
-            kind = float if "fraction" in name else int
-            group.add_argument(flag, type=_number(kind), default=None, metavar="N", help=text)
-        elif isinstance(default, str):
-            choices = ("union", "best") if name == "pruning_merge_strategy" else None
-            group.add_argument(flag, default=default, choices=choices, help=text)
+        text = _first_sentence(meta["help"])
+        if not (default is None and "default" in text):
+            text += f" (default: {shown}" + (f"; the API's is {spec.default!r}: {why}" if why else "") + ")"
+        options = dict(dest=spec.name, default=default, help=text.replace("%", "%%"))
+        kind = meta["kind"]
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+        elif spec.name == "ranking_db_paths":
+            group.add_argument(flag, action="append", metavar="FILE", **options)
+        elif isinstance(spec.default, tuple):
+            group.add_argument(flag, nargs="*", type=_number(kind), metavar="N", **options)
+        elif meta["choices"]:
+            group.add_argument(flag, choices=meta["choices"], **options)
+        elif kind is str:
+            group.add_argument(flag, metavar="FILE" if spec.name.endswith("_path") else None, **options)
         else:
-            group.add_argument(flag, type=_number(type(default)), default=default, metavar="N", help=text)
+            group.add_argument(flag, type=_number(kind), metavar="N", **options)
 
 
 def _number(kind: type):
@@ -88,42 +77,15 @@ def _number(kind: type):
     return convert
 
 
-def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=_DEVICES, default="auto",
-                        help="where kernels run (default: %(default)s: CUDA when available)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the GRN's sampling and training and of "
-                        "AUCell's tie order (default: %(default)s)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
-
-
-def _params(args: argparse.Namespace, **extra):
-    """The pipeline's parameters from the parsed flags (only those this subcommand has)."""
-    from .pipeline import params_from, pipeline_parameters
-
-    values = {n: getattr(args, n) for n in pipeline_parameters() if hasattr(args, n)}
+def params_from_args(args: argparse.Namespace) -> Params:
+    """The ``Params`` of the parsed flags (fields without a flag keep their defaults); validated."""
+    values = {n: getattr(args, n) for n in Params.names() if hasattr(args, n)}
     values["verbose"] = not args.quiet
-    values.update(extra)
-    return params_from(values)
+    return Params.from_dict(values)
 
 
-def _resource_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("resources (explicit paths, or downloaded for --species/--version)")
-    group.add_argument("--species", default="human", help="human, mouse or drosophila (default: %(default)s)")
-    group.add_argument("--version", default="v10", help="motif collection v10 or v9 (default: %(default)s)")
-    group.add_argument("--datasource", default="scenic", help="registered datasource (default: %(default)s)")
-    group.add_argument("--cache-dir", help="resource cache (default: $FLASHSCENIC_CACHE, else ./flashscenic_data)")
-    group.add_argument("--tf-list", metavar="FILE", help="TF list, one name per line")
-    group.add_argument("--ranking-db", metavar="FILE", action="append", help="Feather ranking database (repeat "
-                       "for several)")
-    group.add_argument("--motif-annotation", metavar="FILE", help="motif2tf annotation table (.tbl)")
-
-
-def _resources(args: argparse.Namespace):
-    from .pipeline import prepare_resources
-
-    return prepare_resources(args.species, datasource=args.datasource, version=args.version,
-                             cache_dir=args.cache_dir, tf_list_path=args.tf_list, ranking_db_paths=args.ranking_db,
-                             motif_annotation_path=args.motif_annotation, verbose=not args.quiet)
+def _quiet_flag(parser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
 
 
 def _input_flags(parser: argparse.ArgumentParser) -> None:
@@ -133,37 +95,8 @@ def _input_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--transpose", action="store_true", help="the CSV/TSV is genes x cells")
 
 
-def _read_expression(path: str, args: argparse.Namespace):
-    """(cells x genes matrix, gene names, cell names) of any input the store reads.
-
-    The input goes through ``ingest_expression`` (one reader for every format), into a
-    temporary store when it is not a store already.
-    """
-    from .store import ingest_expression, open_expression_store
-
-    if _is_expression_store(path):
-        store = open_expression_store(path)
-        return store.read_rows(0, store.n_cells, store.layout), list(store.gene_names), list(store.cell_names)
-    import logging
-
-    quiet = logging.getLogger("flashscenic.store")  # the temporary store is no news to the user
-    level = quiet.level
-    with tempfile.TemporaryDirectory(prefix="flashscenic-") as tmp:
-        quiet.setLevel(logging.WARNING)
-        try:
-            store = ingest_expression(path, Path(tmp) / "expression.zarr", layer=args.layer, log1p=args.log1p,
-                                      transpose=args.transpose, verbose=False)
-        finally:
-            quiet.setLevel(level)
-        matrix = store.read_rows(0, store.n_cells, store.layout)
-        return matrix, list(store.gene_names), list(store.cell_names)
-
-
-def _is_expression_store(path) -> bool:
-    from .store import EXPRESSION_FORMAT
-
-    meta = Path(path) / "zarr.json"
-    return meta.is_file() and EXPRESSION_FORMAT in meta.read_text()
+def _input_options(args) -> dict:
+    return {"layer": args.layer, "log1p": args.log1p, "transpose": args.transpose}
 
 
 # ----------------------------------------------------------------------------- run
@@ -172,104 +105,78 @@ def _is_expression_store(path) -> bool:
 def _add_run(commands, common) -> None:
     parser = commands.add_parser(
         "run", parents=[common], help="the whole pipeline: GRN, modules, pruning, AUCell, RSS, report",
-        description="Run SCENIC on INPUT (h5ad, AnnData zarr, loom, CSV/TSV, or an expression store) and write "
-        "DIR/expression.zarr (unless INPUT is a store), DIR/results.zarr (a results store: weights, motifs, "
-        "regulons, AUC, RSS, timings) and DIR/report.html. Pruning and AUCell run as tasks on a Dask cluster "
-        "(embedded, or an existing one) or in this process with --n-workers 0.",
+        description="Run SCENIC on INPUT (h5ad, AnnData zarr, loom, CSV/TSV, or an expression store) into the run "
+        "folder DIR: DIR/expression.zarr (unless INPUT is a store), DIR/results.zarr (weights, motifs, regulons, "
+        "AUC, RSS, timings, parameters) and DIR/report.html. Pruning and AUCell run as tasks on a Dask cluster "
+        "(embedded, or an existing one) or in this process with --n-workers 0. A folder that holds a run is "
+        "refused unless --resume (continue it with the same settings; anything changed is named) or --overwrite "
+        "(replace it; the old run stays until the new one succeeds). DIR is locked while a run writes it.",
     )
     parser.add_argument("input", help="expression input, cells x genes, log-transformed (or use --log1p)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="the run folder (created)")
     parser.add_argument("--adjacencies", metavar="FILE", help="skip GRN inference: use these pySCENIC/GRNBoost2 "
                         "adjacencies (TF, target, importance)")
     parser.add_argument("--cell-type-column", metavar="NAME", help="obs column with cell types (kept in the "
-                        "store; used for RSS and the report)")
-    parser.add_argument("--grn-max-cells", type=int, default=100_000, metavar="N",
-                        help="train the GRN on at most N cells sampled with --seed (default: %(default)s)")
+                        "store; used for RSS and the report; default: the store's first label column)")
     parser.add_argument("--no-report", dest="report", action="store_false", help="do not write report.html")
+    life = parser.add_mutually_exclusive_group()
+    life.add_argument("--resume", action="store_true", help="continue the run in DIR: finished stages and AUC "
+                      "chunks are kept; refused, naming what changed, if the input, adjacencies, input flags, "
+                      "resources or parameters differ")
+    life.add_argument("--overwrite", action="store_true", help="replace the run in DIR (kept until the new run "
+                      "succeeds)")
     _input_flags(parser)
-    _resource_flags(parser)
-    _add_parameter_flags(parser, ("grn_", "module_", "pruning_", "annotation_", "aucell_"))
-    execution = parser.add_argument_group("execution")
-    _add_execution_flags(execution)
-    execution.add_argument("--n-workers", type=int, metavar="N",
-                           help="workers of the embedded Dask cluster; 0 runs in this process (default: one "
-                           "per GPU with dask-cuda, else one per core, at most one per 2 GiB of memory)")
-    execution.add_argument("--threads-per-worker", type=int, default=1, metavar="T",
-                           help="threads per worker (default: %(default)s)")
-    execution.add_argument("--chunk-cells", type=int, metavar="C", help="cells per AUCell task (default: from "
-                           "worker memory)")
-    execution.add_argument("--scheduler", metavar="ADDRESS", help="use the running Dask scheduler at ADDRESS "
-                           "(tcp://host:port or tls://...)")
-    execution.add_argument("--scheduler-file", metavar="FILE", help="use the running Dask scheduler described "
-                           "by FILE (dask scheduler --scheduler-file)")
-    execution.add_argument("--dashboard-address", default=":8787", metavar="ADDRESS",
-                           help="dashboard of the embedded cluster (default: %(default)s; 'none' for none)")
-    execution.add_argument("--resume", action="store_true", help="continue an interrupted run in DIR: "
-                           "completed stages and AUC chunks are kept")
+    add_parameter_flags(parser.add_argument_group("resources (explicit paths, or downloaded for "
+                                                  "--species/--version)"), ("resources",))
+    _scenic_flags(parser, ("grn", "module", "pruning", "annotation", "aucell"))
+    _executor_flags(_execution_flags(parser))
     parser.set_defaults(run=_run)
 
 
+def _scenic_flags(parser, groups: tuple[str, ...]) -> None:
+    add_parameter_flags(parser.add_argument_group("SCENIC parameters (as run_flashscenic's)"), groups)
+
+
+def _execution_flags(parser):
+    group = parser.add_argument_group("execution")
+    add_parameter_flags(group, ("execution",))
+    _quiet_flag(group)
+    return group
+
+
+def _executor_flags(group) -> None:
+    group.add_argument("--n-workers", type=int, metavar="N",
+                       help="workers of the embedded Dask cluster; 0 runs in this process (default: one per GPU "
+                       "with dask-cuda, else one per core, at most one per 2 GiB of memory)")
+    group.add_argument("--threads-per-worker", type=int, default=1, metavar="T",
+                       help="threads per worker (default: %(default)s)")
+    group.add_argument("--chunk-cells", type=int, metavar="C", help="cells per AUCell task (default: from worker "
+                       "memory)")
+    group.add_argument("--scheduler", metavar="ADDRESS", help="use the running Dask scheduler at ADDRESS "
+                       "(tcp://host:port or tls://...)")
+    group.add_argument("--scheduler-file", metavar="FILE", help="use the running Dask scheduler described by FILE "
+                       "(dask scheduler --scheduler-file)")
+    group.add_argument("--dashboard-address", default=DEFAULT_DASHBOARD, metavar="ADDRESS",
+                       help="dashboard of the embedded cluster (default: %(default)s; 'none' for none)")
+
+
 def _run(args: argparse.Namespace) -> int:
-    from .errors import InputError
-    from .pipeline import run_pipeline
-    from .store import ingest_expression, open_expression_store
-
-    if args.n_workers is not None and args.n_workers < 0:
-        raise InputError(f"--n-workers must be >= 0, got {args.n_workers}")
-    if args.chunk_cells is not None and args.chunk_cells < 1:
-        raise InputError(f"--chunk-cells must be >= 1, got {args.chunk_cells}")
-    if not Path(args.input).exists():
-        from .errors import MissingFileError
-
-        raise MissingFileError(f"input {args.input!r} does not exist")
-    if not args.adjacencies:
-        from .pipeline import _require_regdiffusion
-
-        _require_regdiffusion()  # before any download or ingest
-    start = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    resources = _resources(args)
-    if _is_expression_store(args.input):
-        store = open_expression_store(args.input)
-    elif args.resume and _is_expression_store(out / "expression.zarr"):
-        store = open_expression_store(out / "expression.zarr")
-    else:
-        columns = [args.cell_type_column] if args.cell_type_column else []
-        store = ingest_expression(args.input, out / "expression.zarr", layer=args.layer, log1p=args.log1p,
-                                  transpose=args.transpose, obs_columns=columns, overwrite=True,
-                                  verbose=not args.quiet)
-    params = _params(args, device=args.device, seed=args.seed, grn_max_cells=args.grn_max_cells)
-    adjacencies = None
-    if args.adjacencies:
-        from .export import read_adjacencies
-
-        adjacencies = read_adjacencies(args.adjacencies)
-    executor = _executor(args)
-    try:
-        results = run_pipeline(store, out, resources=resources, params=params, executor=executor,
-                               adjacencies=adjacencies, cell_type_column=args.cell_type_column,
-                               chunk_cells=args.chunk_cells, resume=args.resume, verbose=not args.quiet)
-    finally:
-        executor.close()
-    report = None
-    if args.report:
-        from .report import write_report
-
-        report = write_report(results, out / "report.html", cell_type_column=args.cell_type_column)
-    regulons = results.read_regulons()
-    print(f"{len(regulons)} regulons scored in {results.n_cells:,} cells in {time.perf_counter() - start:.1f} s; "
-          f"results in {results.path}" + (f", report in {report}" if report else "") + ".")
-    return 0
-
-
-def _executor(args: argparse.Namespace):
-    """In process for --n-workers 0, else a Dask cluster (embedded or the one given)."""
     from .distributed import start_executor
+    from .pipeline import run_pipeline
 
-    return start_executor(n_workers=args.n_workers, threads_per_worker=args.threads_per_worker,
-                          scheduler=args.scheduler, scheduler_file=args.scheduler_file,
-                          dashboard_address=dashboard_address(args.dashboard_address), verbose=not args.quiet)
+    start = time.perf_counter()
+    executor = functools.partial(start_executor, n_workers=args.n_workers,
+                                 threads_per_worker=args.threads_per_worker, scheduler=args.scheduler,
+                                 scheduler_file=args.scheduler_file,
+                                 dashboard_address=dashboard_address(args.dashboard_address), verbose=not args.quiet)
+    results = run_pipeline(args.input, args.out, params=params_from_args(args), adjacencies=args.adjacencies,
+                           cell_type_column=args.cell_type_column, executor=executor, chunk_cells=args.chunk_cells,
+                           resume=args.resume, overwrite=args.overwrite, report=args.report, **_input_options(args))
+    report = results.path.parent / "report.html"
+    print(f"{len(results.regulon_names)} regulons scored in {results.n_cells:,} cells in "
+          f"{time.perf_counter() - start:.1f} s; results in {results.path}"
+          + (f", report in {report}" if report.exists() else "") + ".")
+    return 0
 
 
 def dashboard_address(flag: str) -> str | None:
@@ -277,7 +184,7 @@ def dashboard_address(flag: str) -> str | None:
     return None if str(flag).lower() == "none" else flag
 
 
-# ----------------------------------------------------------------------------- stages
+# ----------------------------------------------------------------------------- the pySCENIC steps
 
 
 def _add_grn(commands, common) -> None:
@@ -289,26 +196,17 @@ def _add_grn(commands, common) -> None:
     parser.add_argument("expression", help="expression file (any format `flashscenic ingest` reads) or store")
     parser.add_argument("tf_list", help="TF list, one name per line")
     parser.add_argument("-o", "--output", required=True, help="adjacencies file (.tsv; .csv for commas)")
-    parser.add_argument("--grn-max-cells", type=int, metavar="N", help="train on at most N cells sampled with "
-                        "--seed (default: all)")
     _input_flags(parser)
-    _add_parameter_flags(parser, ("grn_",))
-    _add_execution_flags(parser)
+    _scenic_flags(parser, ("grn",))
+    _execution_flags(parser)
     parser.set_defaults(run=_grn)
 
 
 def _grn(args: argparse.Namespace) -> int:
-    from .checks import check_tf_overlap, read_tf_names
-    from .export import write_adjacencies
-    from .grn import weights_to_adjacencies
-    from .pipeline import infer_weights
+    from .steps import run_grn
 
-    matrix, genes, _ = _read_expression(args.expression, args)
-    tfs = check_tf_overlap(read_tf_names(args.tf_list), genes)
-    params = _params(args, device=args.device, seed=args.seed, grn_max_cells=args.grn_max_cells)
-    weights, tf_rows = infer_weights(matrix, genes, tfs, params)
-    table = weights_to_adjacencies(weights, tf_rows, genes)
-    write_adjacencies(table, args.output)
+    table = run_grn(args.expression, args.tf_list, args.output, params=params_from_args(args),
+                    **_input_options(args))
     print(f"{len(table):,} links of {table['TF'].nunique()} TFs written to {args.output}.")
     return 0
 
@@ -328,30 +226,16 @@ def _add_ctx(commands, common) -> None:
                         "no split (the pipeline's behaviour)")
     parser.add_argument("-o", "--output", required=True, help="reg.csv to write")
     _input_flags(parser)
-    _add_parameter_flags(parser, ("module_", "pruning_", "annotation_"))
-    _add_execution_flags(parser)
+    _scenic_flags(parser, ("module", "pruning", "annotation"))
+    _execution_flags(parser)
     parser.set_defaults(run=_ctx)
 
 
 def _ctx(args: argparse.Namespace) -> int:
-    from .export import read_adjacencies
-    from .pipeline import Resources, infer_weights, make_modules, merge_pruned, prune_task
-    from .regulons import write_motifs_csv
+    from .steps import run_ctx
 
-    adjacencies = read_adjacencies(args.adjacencies)
-    params = _params(args, device=args.device, seed=args.seed)
-    expression = None
-    if args.expression:
-        expression, genes, _ = _read_expression(args.expression, args)
-    else:
-        genes = sorted(set(adjacencies["TF"]) | set(adjacencies["target"]))
-    tfs = list(dict.fromkeys(adjacencies["TF"].astype(str)))
-    weights, tf_rows = infer_weights(None, genes, tfs, params, adjacencies=adjacencies)
-    modules = make_modules(weights, tf_rows, genes, params, expression=expression)
-    resources = Resources(Path(args.adjacencies), tuple(Path(d) for d in args.databases), Path(args.annotations))
-    tables = [prune_task(str(db), modules, args.annotations, params) for db in args.databases]
-    table, regulons = merge_pruned(tables, modules, params, resources)
-    write_motifs_csv(table, args.output)
+    table, regulons = run_ctx(args.adjacencies, args.databases, args.annotations, args.output,
+                              params=params_from_args(args), expression=args.expression, **_input_options(args))
     print(f"{len(table):,} enriched motifs, {len(regulons)} regulons, written to {args.output}.")
     return 0
 
@@ -359,8 +243,8 @@ def _ctx(args: argparse.Namespace) -> int:
 def _add_aucell(commands, common) -> None:
     parser = commands.add_parser(
         "aucell", parents=[common], help="regulon activity per cell -> pySCENIC AUC CSV",
-        description="Score every regulon in every cell with AUCell (pySCENIC's numbers for the same seed) and "
-        "write pySCENIC's AUC CSV (cells x regulons).",
+        description="Score every regulon in every cell with AUCell (pySCENIC's numbers for the same seed, its 80% "
+        "rule included) and write pySCENIC's AUC CSV (cells x regulons).",
     )
     parser.add_argument("expression", help="expression file (any format `ingest` reads) or store")
     parser.add_argument("regulons", help="regulons: pySCENIC reg.csv (motifs), .gmt or .json")
@@ -368,45 +252,17 @@ def _add_aucell(commands, common) -> None:
     parser.add_argument("--weighted", action="store_true", help="use the regulons' gene weights, as pySCENIC's "
                         "Python aucell does (default: unweighted, as its command line)")
     _input_flags(parser)
-    _add_parameter_flags(parser, ("aucell_",))
-    _add_execution_flags(parser)
+    _scenic_flags(parser, ("aucell",))
+    _execution_flags(parser)
     parser.set_defaults(run=_aucell)
 
 
-def _read_regulons(path: str) -> list[dict]:
-    from .errors import InputError
-    from .export import read_regulons_gmt, read_regulons_json
-    from .regulons import read_motifs_csv, regulons_from_motifs
-
-    suffixes = [s.lower() for s in Path(path).suffixes]
-    if ".gmt" in suffixes:
-        return read_regulons_gmt(path)
-    if ".json" in suffixes:
-        return read_regulons_json(path)
-    if ".csv" in suffixes or ".tsv" in suffixes:
-        return regulons_from_motifs(read_motifs_csv(path))
-    raise InputError(f"{path}: regulons must be a reg.csv (.csv), a .gmt or a .json file")
-
-
 def _aucell(args: argparse.Namespace) -> int:
-    import numpy as np
+    from .steps import run_aucell
 
-    from .errors import InputError
-    from .export import write_auc_csv
-    from .pipeline import aucell_block
-    from .regulons import regulons_to_adjacency
-
-    matrix, genes, cells = _read_expression(args.expression, args)
-    regulons = _read_regulons(args.regulons)
-    if not regulons:
-        raise InputError(f"{args.regulons} holds no regulon")
-    adjacency = regulons_to_adjacency(regulons, genes, weighted=args.weighted)
-    # pySCENIC scores a regulon 0 in every cell when under 80% of its genes are expression columns.
-    present = np.count_nonzero(adjacency, axis=1) / np.array([max(len(r["genes"]), 1) for r in regulons])
-    auc = aucell_block(matrix, adjacency, _params(args, device=args.device, seed=args.seed))
-    auc[:, present < 0.8] = 0.0
-    write_auc_csv(auc, args.output, cells, [r["name"] for r in regulons])
-    print(f"AUC of {len(regulons)} regulons in {len(cells):,} cells written to {args.output}.")
+    auc = run_aucell(args.expression, args.regulons, args.output, params=params_from_args(args),
+                     weighted=args.weighted, **_input_options(args))
+    print(f"AUC of {auc.shape[1]} regulons in {auc.shape[0]:,} cells written to {args.output}.")
     return 0
 
 
@@ -416,51 +272,23 @@ def _aucell(args: argparse.Namespace) -> int:
 def _add_rss(commands, common) -> None:
     parser = commands.add_parser(
         "rss", parents=[common], help="regulon specificity scores per cell type",
-        description="Regulon specificity scores (Suo et al. 2018) of every regulon in every cell type, from a "
-        "results store (its cell labels) or an AUC CSV with a cell-type file.",
+        description="Regulon specificity scores (Suo et al. 2018) of every regulon in every cell type: a results "
+        "store's stored RSS (the one its run computed, with its label column), or computed from an AUC CSV (or a "
+        "store) and a cell-type file. Cells without a label are left out.",
     )
     parser.add_argument("auc", help="a results store, or an AUC CSV (cells x regulons)")
     parser.add_argument("--cell-types", metavar="FILE", help="CSV/TSV: cell names in the first column, labels in "
                         "--cell-type-column (default: the second column)")
-    parser.add_argument("--cell-type-column", metavar="NAME", help="label column (default: the first one)")
+    parser.add_argument("--cell-type-column", metavar="NAME", help="label column (default: the run's, else the "
+                        "first one)")
     parser.add_argument("-o", "--output", required=True, help="RSS CSV to write (cell types x regulons)")
     parser.set_defaults(run=_rss)
 
 
 def _rss(args: argparse.Namespace) -> int:
-    from .errors import InputError
-    from .export import read_auc_csv
-    from .rss import regulon_specificity_scores
+    from .steps import run_rss
 
-    if (Path(args.auc) / "zarr.json").is_file():
-        from .store import open_results_store
-
-        results = open_results_store(args.auc)
-        auc = results.read_auc(as_frame=True)
-        labels = results.read_cells().set_index("cell")
-    else:
-        auc = read_auc_csv(args.auc)
-        labels = None
-    if args.cell_types:
-        import pandas as pd
-
-        sep = "\t" if Path(args.cell_types).suffix.lower() in (".tsv", ".txt") else ","
-        # names stay text ("NA" is a name); an empty field is a missing label
-        labels = pd.read_csv(args.cell_types, sep=sep, index_col=0, dtype=str, keep_default_na=False, na_values=[""])
-    if labels is None or labels.shape[1] == 0:
-        raise InputError("no cell labels: give --cell-types FILE (or a results store whose cells carry labels)")
-    column = args.cell_type_column or labels.columns[0]
-    if column not in labels.columns:
-        raise InputError(f"no column {column!r} in the cell labels; there are {list(labels.columns)}")
-    if not labels.index.is_unique:
-        raise InputError(f"the cell labels name some cells twice, e.g. {list(labels.index[labels.index.duplicated()][:3])}")
-    missing = auc.index.difference(labels.index)
-    if len(missing):
-        raise InputError(f"{len(missing)} cells of the AUC have no label, e.g. {list(missing[:3])}")
-    values = labels.loc[auc.index, column]
-    labelled = values.notna().to_numpy()  # as `run`: unlabelled cells are left out
-    rss = regulon_specificity_scores(auc.iloc[labelled], values[labelled].astype(str).to_numpy())
-    rss.rename_axis(column).to_csv(args.output, sep="\t" if args.output.endswith(".tsv") else ",")
+    rss = run_rss(args.auc, args.output, cell_types=args.cell_types, cell_type_column=args.cell_type_column)
     print(f"RSS of {rss.shape[1]} regulons in {rss.shape[0]} cell types written to {args.output}.")
     return 0
 
@@ -473,7 +301,8 @@ def _add_report(commands, common) -> None:
     )
     parser.add_argument("results", help="the results store of a run (DIR/results.zarr)")
     parser.add_argument("-o", "--output", help="HTML file (default: report.html beside RESULTS)")
-    parser.add_argument("--cell-type-column", metavar="NAME", help="cell label column (default: the first)")
+    parser.add_argument("--cell-type-column", metavar="NAME", help="cell label column (default: the one the run's "
+                        "RSS used, else the first)")
     parser.add_argument("--top-n", type=int, default=5, help="top regulons per cell type (default: %(default)s)")
     parser.set_defaults(run=_report)
 

@@ -12,9 +12,10 @@ import argparse
 import time
 from pathlib import Path
 
+from .params import EXPORT_FORMATS
+
 __all__ = ["add_ingest_parser", "add_export_parser"]
 
-_EXPORT_FORMATS = ("adjacencies", "motifs", "gmt", "json", "auc", "anndata", "loom")  # = export.EXPORT_FORMATS
 
 
 def add_ingest_parser(subparsers, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -85,8 +86,8 @@ def add_export_parser(subparsers, common: argparse.ArgumentParser) -> argparse.A
         "AUC CSV), an AnnData (.h5ad with obsm['X_aucell']) or a SCope loom.",
     )
     parser.add_argument("results", help="the results store of a run")
-    parser.add_argument("--format", dest="formats", action="append", required=True, choices=_EXPORT_FORMATS,
-                        metavar="FORMAT", help=f"one of {', '.join(_EXPORT_FORMATS)}; repeat for several")
+    parser.add_argument("--format", dest="formats", action="append", required=True, choices=list(EXPORT_FORMATS),
+                        metavar="FORMAT", help=f"one of {', '.join(EXPORT_FORMATS)}; repeat for several")
     place = parser.add_mutually_exclusive_group()
     place.add_argument("--out-dir", help="folder for the files, under their default names "
                        "(default: the folder holding RESULTS)")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import InputError, MissingFileError
 
-__all__ = ["atomic_path", "check_unique", "read_text", "numeric_columns"]
+__all__ = ["atomic_path", "remove", "is_anndata", "check_unique", "read_text", "numeric_columns"]
 
 
 @contextmanager
@@ -49,6 +49,11 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
     except BaseException:
         remove(tmp)
         raise
+
+
+def is_anndata(value) -> bool:
+    """An AnnData (in memory or backed), recognised without importing anndata."""
+    return type(value).__name__ == "AnnData" and hasattr(value, "obs_names")
 
 
 def remove(path: Path) -> None:

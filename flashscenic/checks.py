@@ -24,7 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError, MissingFileError
+from ._utils import read_text
+from .errors import InputError
 
 __all__ = ["GeneOverlap", "InputReport", "check_gene_overlap", "check_tf_overlap", "check_motif_annotation",
            "check_inputs", "read_tf_names"]
@@ -66,10 +67,7 @@ class InputReport:
 def read_tf_names(tf_names) -> list[str]:
     """TF names from a sequence, or from a file with one name per line (blank lines and ``#`` skipped)."""
     if isinstance(tf_names, (str, Path)):
-        path = Path(tf_names)
-        if not path.is_file():
-            raise MissingFileError(f"TF list {str(path)!r} does not exist")
-        lines = (line.strip() for line in path.read_text().splitlines())
+        lines = (line.strip() for line in read_text(tf_names, "TF list").splitlines())
         return [line for line in lines if line and not line.startswith("#")]
     return [str(t) for t in tf_names]
 

@@ -37,9 +37,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ._device import resolve_device
+from ._utils import numeric_columns
 from .errors import InputError, MissingFileError
 from .rankdb import RankingDatabase, read_ranking_database
-from .regulons import MOTIF_COLUMNS, regulons_from_motifs
+from .regulons import MOTIF_COLUMNS, refuse_non_utf8, regulons_from_motifs
 
 __all__ = [
     "CisTargetPruner",
@@ -274,17 +275,22 @@ class MotifAnnotation:
                        orthologous_identity_threshold: float = 0.0) -> "MotifAnnotation":
         """Read a motif2tf TSV; keep rows with q-value <= fdr and identity >= threshold (NaN fails both)."""
         path = Path(path)
+        what = "motif annotation file"
         if not path.is_file():
-            raise MissingFileError(f"motif annotation file {str(path)!r} does not exist")
-        header = pd.read_csv(path, sep="\t", nrows=0).columns
-        missing = [c for c in ANNOTATION_COLUMNS if c not in header]
-        if missing:
-            raise InputError(
-                f"motif annotation file {str(path)!r} lacks the column(s) {', '.join(missing)}; "
-                f"a motif2tf table (.tbl) has {', '.join(ANNOTATION_COLUMNS)}"
-            )
-        raw = pd.read_csv(path, sep="\t", usecols=list(ANNOTATION_COLUMNS),
-                          dtype={"#motif_id": str, "gene_name": str, "description": str})
+            raise MissingFileError(f"{what} {str(path)!r} does not exist")
+        try:
+            header = pd.read_csv(path, sep="\t", nrows=0).columns
+            missing = [c for c in ANNOTATION_COLUMNS if c not in header]
+            if missing:
+                raise InputError(
+                    f"{what} {str(path)!r} lacks the column(s) {', '.join(missing)}; "
+                    f"a motif2tf table (.tbl) has {', '.join(ANNOTATION_COLUMNS)}"
+                )
+            raw = pd.read_csv(path, sep="\t", usecols=list(ANNOTATION_COLUMNS),
+                              dtype={"#motif_id": str, "gene_name": str, "description": str})
+        except UnicodeDecodeError:
+            refuse_non_utf8(path, what)
+        numeric_columns(raw, ["motif_similarity_qvalue", "orthologous_identity"], path, what)
         return cls.from_frame(raw, motif_similarity_fdr, orthologous_identity_threshold)
 
     @classmethod
@@ -436,10 +442,14 @@ class CisTargetPruner:
                  device: str | torch.device = "cuda", min_genes_per_regulon: int = 0, merge_strategy: str = "union",
                  *, weighted_recovery: bool = False, pyscenic_compat_leading_edge: bool = False,
                  module_batch_size: int = 256, verbose: bool = True):
-        if merge_strategy not in ("union", "best"):
-            raise InputError(f"merge_strategy={merge_strategy!r} is not one of 'union', 'best'")
+        from .params import MERGE_STRATEGIES
+
+        if merge_strategy not in MERGE_STRATEGIES:
+            raise InputError(f"merge_strategy={merge_strategy!r} is not one of {', '.join(map(repr, MERGE_STRATEGIES))}")
         if not 0.0 < float(auc_threshold) <= 1.0:
             raise InputError(f"auc_threshold must be in (0, 1], got {auc_threshold!r}")
+        if isinstance(module_batch_size, bool) or not isinstance(module_batch_size, int) or module_batch_size < 1:
+            raise InputError(f"module_batch_size must be a positive integer, got {module_batch_size!r}")
         self.rank_threshold = rank_threshold
         self.auc_threshold = auc_threshold
         self.nes_threshold = nes_threshold

@@ -19,14 +19,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from ._cli_pipeline import add_pipeline_parsers
+from ._cli_pipeline import add_pipeline_parsers, dashboard_address
 from ._cli_store import add_export_parser, add_ingest_parser
+from .demo import DEMO_GRN_STEPS
 from .errors import FlashscenicError
+from .params import DEFAULT_DASHBOARD, DEVICES, Params
 
 __all__ = ["main"]
 
 PROG = "flashscenic"
-DEMO_GRN_STEPS = 250  # RegDiffusion steps of the demo: recall and precision 1.0 on seeds 0-2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,11 +122,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--grn-n-steps", type=int, default=DEMO_GRN_STEPS,
                       help="RegDiffusion steps (default: %(default)s, enough for this small dataset)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the simulation and the pipeline (default: %(default)s)")
-    demo.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+    demo.add_argument("--device", choices=DEVICES, default="auto",
                       help="where kernels run (default: %(default)s: CUDA when available)")
     demo.add_argument("--n-workers", type=int, default=2,
                       help="workers of the embedded Dask cluster; 0 runs in this process (default: %(default)s)")
-    demo.add_argument("--dashboard-address", default=":8787", help="Dask dashboard address (default: %(default)s; "
+    demo.add_argument("--dashboard-address", default=DEFAULT_DASHBOARD, help="Dask dashboard address (default: %(default)s; "
                       "'none' for none)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
     demo.set_defaults(run=_demo)
@@ -137,9 +138,10 @@ def _parser() -> argparse.ArgumentParser:
         "files already in the cache are reused without touching the network; an interrupted download "
         "resumes where it stopped.",
     )
-    download.add_argument("--species", default="human", help="human, mouse or drosophila (default: %(default)s)")
-    download.add_argument("--version", default="v10", help="motif collection: v10 or v9 (default: %(default)s)")
-    download.add_argument("--datasource", default="scenic", help="registered datasource (default: %(default)s)")
+    for name in ("species", "version", "datasource"):  # the same defaults and help as run's flags
+        spec = Params.spec(name)
+        download.add_argument(f"--{name}", default=spec.default,
+                              help=f"{spec.metadata['help'].rstrip('.')} (default: %(default)s)")
     _cache_flag(download)
     download.add_argument("--force", action="store_true", help="download again even when a verified copy is cached")
     download.add_argument("--base-url", help="a mirror's base URL (default: $FLASHSCENIC_RESOURCE_URL, "
@@ -172,69 +174,23 @@ def _cache_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import json
+    from .demo import run_demo
 
-    import anndata
-    import pandas as pd
-
-    from ._cli_pipeline import dashboard_address
-    from .errors import InputError
-    from .distributed import start_executor
-    from .pipeline import params_from, prepare_resources, run_pipeline
-    from .report import write_report
-    from .simulate import evaluate_regulons, simulate_dataset
-    from .store import ingest_expression
-
-    start = time.perf_counter()
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder")
-    verbose = not args.quiet
-    data = simulate_dataset(n_cells=args.n_cells, n_genes=args.n_genes, n_tfs=args.n_tfs, seed=args.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = data.write_resources(out / "resources")
-    cells = pd.DataFrame({"cell_type": data.cell_types}, index=[f"cell{i:05d}" for i in range(len(data.cell_types))])
-    adata = anndata.AnnData(data.expression, obs=cells, var=pd.DataFrame(index=list(data.gene_names)))
-    store = ingest_expression(adata, out / "expression.zarr", obs_columns=["cell_type"], overwrite=True,
-                              verbose=False)
-    print(f"Simulated {store.n_cells:,} cells x {store.n_genes:,} genes, {len(data.cell_type_names)} cell types, "
-          f"{len(data.planted_tfs)} planted TFs and {len(data.decoy_tfs)} decoys; a database of "
-          f"{len(data.motif_names):,} motifs x {len(data.database_gene_names):,} genes (seed {args.seed}).")
-
-    resources = prepare_resources(tf_list_path=paths["tf_list"], ranking_db_paths=[paths["ranking_db"]],
-                                  motif_annotation_path=paths["motif_annotation"], verbose=verbose)
-    params = params_from({"grn_n_steps": args.grn_n_steps, "device": args.device, "seed": args.seed,
-                          "verbose": verbose})
-    executor = start_executor(n_workers=args.n_workers, dashboard_address=dashboard_address(args.dashboard_address),
-                              verbose=verbose)
-    executor_name = executor.name
-    try:
-        results = run_pipeline(store, out, resources=resources, params=params, executor=executor,
-                               cell_type_column="cell_type", verbose=verbose)
-    finally:
-        executor.close()
-    regulons = results.read_regulons()
-    found = evaluate_regulons(regulons, data, auc=results.read_auc())
-    report = write_report(results, out / "report.html", cell_type_column="cell_type")
-    seconds = time.perf_counter() - start
-
-    summary = {
-        "planted_tfs": found["planted_tfs"], "recovered_tfs": found["recovered_tfs"],
-        "false_regulons": found["false_regulons"], "precision": found["precision"], "recall": found["recall"],
-        "mean_target_jaccard": found["mean_target_jaccard"], "n_cells": store.n_cells, "n_genes": store.n_genes,
-        "n_regulons": len(regulons), "seconds": round(seconds, 2),
-        "stage_seconds": {k: round(v, 2) for k, v in results.timings.items()}, "seed": args.seed,
-        "grn_n_steps": args.grn_n_steps, "executor": executor_name,
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    found = run_demo(args.out, n_cells=args.n_cells, n_genes=args.n_genes, n_tfs=args.n_tfs,
+                     grn_n_steps=args.grn_n_steps, seed=args.seed, device=args.device, n_workers=args.n_workers,
+                     dashboard_address=dashboard_address(args.dashboard_address), verbose=not args.quiet)
+    results = found["results"]
+    print(f"Simulated {found['n_cells']:,} cells x {found['n_genes']:,} genes with {len(found['planted_tfs'])} "
+          f"planted TFs (seed {args.seed}).")
     print("\nPlanted vs recovered regulons (Jaccard: regulon genes vs planted targets):\n")
     print(_format_recovery(found["table"]))
     print(f"\nRecovered {len(found['recovered_tfs'])}/{len(found['planted_tfs'])} planted TFs "
           f"(recall {found['recall']:.2f}), precision {found['precision']:.2f}, mean target Jaccard "
-          f"{found['mean_target_jaccard']:.2f}; {len(regulons)} regulons.")
-    print("Stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in results.timings.items())
-          + f"; total {seconds:.1f} s ({executor_name}).")
-    print(f"Wrote {out / 'summary.json'}, {report} and the results store {results.path}.")
+          f"{found['mean_target_jaccard']:.2f}; {found['n_regulons']} regulons.")
+    print("Stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in found["stage_seconds"].items())
+          + f"; total {found['seconds']:.1f} s ({found['executor']}).")
+    out = Path(args.out)
+    print(f"Wrote {out / 'summary.json'}, {out / 'report.html'} and the results store {results.path}.")
     return 0
 
 

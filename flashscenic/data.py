@@ -42,6 +42,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._utils import atomic_path
 from .errors import ChecksumError, DownloadError, FlashscenicError, InputError, ResourceNotFoundError  # noqa: F401 (re-exported)
 
 __all__ = [
@@ -670,13 +671,10 @@ def _write_record(path: Path, url: str | None, sha1: str, checked: str) -> None:
     stat = path.stat()
     record = {"file": path.name, "url": url, "sha1": sha1, "checked": checked, "size": stat.st_size,
               "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
-    target = _record_path(path)
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        os.replace(tmp, target)
+        with atomic_path(_record_path(path)) as tmp:
+            tmp.write_text(json.dumps(record, indent=1) + "\n")
     except OSError as error:  # a read-only cache: the file is still verified for this run
-        tmp.unlink(missing_ok=True)
         logger.info("could not record the verification of %s (%s)", path, error)
 
 

@@ -1,9 +1,11 @@
 """Running the pipeline's tasks on a Dask cluster.
 
 ``start_executor`` connects to a cluster (or starts one on this machine) and returns an
-executor with the interface of ``pipeline.InProcessExecutor``: ``share`` a value every task
-needs, ``map`` a task function over arguments (results in order), ``close``. The pipeline
-(``pipeline.run_pipeline``) is the same for both; only where its tasks run changes.
+executor of the protocol ``flashscenic.executors.Executor``: ``share`` a value every task
+needs, ``map`` a task function over arguments (results in order), ``stage`` (a
+``distributed.span``, so the dashboard shows grn / pruning / aucell by name), ``close``.
+The engine (``pipeline.run_pipeline``) is the same for every executor; only where its
+tasks run changes.
 
 =======================  ===============================================================
 no address given         an embedded cluster on 127.0.0.1: ``dask_cuda.LocalCUDACluster``
@@ -12,6 +14,8 @@ no address given         an embedded cluster on 127.0.0.1: ``dask_cuda.LocalCUDA
                          process workers, one thread each
 ``scheduler=ADDRESS``    an existing cluster (``dask scheduler`` + ``dask worker``/``dask
 ``scheduler_file=FILE``  cuda worker``, SLURM, Kubernetes: see ``cluster/README.md``)
+``client=CLIENT``        a ``distributed.Client`` the caller made (left open at the end)
+``use_running=True``     the client this process already has (``distributed.get_client``)
 ``n_workers=0``          no Dask at all: ``InProcessExecutor``
 =======================  ===============================================================
 
@@ -49,9 +53,10 @@ from .errors import InputError, MissingFileError
 __all__ = ["start_executor", "DaskExecutor", "use_cuda_cluster", "chunk_cells_for", "plan_chunk_cells",
            "torch_threads_for"]
 
-logger = logging.getLogger("flashscenic")
+from .params import DEFAULT_DASHBOARD
 
-DEFAULT_DASHBOARD = ":8787"
+logger = logging.getLogger(__name__)
+
 _LOCALHOST = "127.0.0.1"
 _BYTES_PER_VALUE = 16  # per cell and gene in one AUC task: the rows read (CSR or dense), a dense copy, slack
 
@@ -81,6 +86,8 @@ def start_executor(
     memory_limit: str | int | float | None = "auto",
     security=None,
     *,
+    client=None,
+    use_running: bool = False,
     retries: int = 2,
     wait_for_workers: float = 60.0,
     local_directory: str | os.PathLike | None = None,
@@ -114,21 +121,39 @@ def start_executor(
         Dask itself; user errors are never retried).
     wait_for_workers
         Seconds to wait for the workers of an existing cluster to connect.
+    client
+        A ``distributed.Client`` to run on (left open when the executor closes).
+    use_running
+        Run on this process's current client (``distributed.get_client()``); an error when
+        there is none.
     local_directory
         Embedded cluster: the workers' scratch folder (default: Dask's, under the temp dir).
     verbose
-        Log the cluster and its dashboard link; progress bars.
+        Progress bars (the cluster and its dashboard link are logged at INFO).
 
     Returns
     -------
-    DaskExecutor or pipeline.InProcessExecutor
+    DaskExecutor or executors.InProcessExecutor
     """
-    from .pipeline import InProcessExecutor, _configure_logging
+    from .executors import InProcessExecutor
 
-    _configure_logging(verbose)
     external = scheduler is not None or scheduler_file is not None
-    if scheduler is not None and scheduler_file is not None:
-        raise InputError("give a scheduler address or a scheduler file, not both")
+    given = [n for n, v in [("scheduler", scheduler), ("scheduler_file", scheduler_file), ("client", client),
+                            ("use_running", use_running or None)] if v is not None]
+    if len(given) > 1:
+        raise InputError(f"give one of scheduler, scheduler_file, client, use_running; got {', '.join(given)}")
+    if client is not None or use_running:
+        if n_workers == 0:
+            raise InputError("n_workers=0 runs in this process; it cannot be combined with a Dask client")
+        if use_running:
+            from distributed import get_client
+
+            try:
+                client = get_client()
+            except ValueError:
+                raise InputError("use_running=True but this process has no Dask client; create one "
+                                 "(distributed.Client(...)) or pass scheduler=") from None
+        return DaskExecutor(client, None, owns_client=False, retries=retries, verbose=verbose)
     if n_workers is not None and (isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 0):
         raise InputError(f"n_workers must be a non-negative integer, got {n_workers!r}")
     if isinstance(threads_per_worker, bool) or not isinstance(threads_per_worker, int) or threads_per_worker < 1:
@@ -163,10 +188,9 @@ def start_executor(
         if cluster is not None:
             cluster.close()
         raise
-    if verbose:
-        logger.info("Dask: %s", executor.name)
-        if executor.dashboard_link and (external or dashboard_address is not None):
-            logger.info("Dask dashboard: %s", executor.dashboard_link)
+    logger.info("Dask: %s", executor.name)
+    if executor.dashboard_link and (external or dashboard_address is not None):
+        logger.info("Dask dashboard: %s", executor.dashboard_link)
     return executor
 
 
@@ -385,6 +409,8 @@ class DaskExecutor:
         A connected ``distributed.Client``.
     cluster
         The cluster object when this executor started it (closed with the executor).
+    owns_client
+        Close the client with the executor (False for a client the caller gave).
     retries
         Retries of a task that raised an unexpected exception.
     direct
@@ -397,8 +423,9 @@ class DaskExecutor:
 
     remote = True
 
-    def __init__(self, client, cluster=None, *, retries: int = 2, direct: bool = True, verbose: bool = True):
-        self.client, self.cluster = client, cluster
+    def __init__(self, client, cluster=None, *, owns_client: bool = True, retries: int = 2, direct: bool = True,
+                 verbose: bool = True):
+        self.client, self.cluster, self.owns_client = client, cluster, owns_client
         self.retries, self.direct, self.verbose = int(retries), bool(direct), verbose
         self._shared: dict[str, list] = {}  # key of a scattered future -> [its value, live futures]
         self._set_torch_threads()
@@ -552,9 +579,16 @@ class DaskExecutor:
             self.client.cancel([f for _, f in futures.values()])
             raise
 
+    def stage(self, name: str):
+        """A ``distributed.span``: the dashboard groups this stage's tasks under ``name``."""
+        from distributed import span
+
+        return span(name)
+
     def close(self) -> None:
-        """Disconnect; stop the cluster when this executor started it."""
-        self.client.close()
+        """Disconnect and stop the cluster when this executor started them; a given client stays open."""
+        if self.owns_client:
+            self.client.close()
         if self.cluster is not None:
             self.cluster.close()
 

@@ -32,7 +32,6 @@ import datetime
 import json
 import logging
 import os
-import uuid
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,17 +39,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ._utils import atomic_path, check_unique, numeric_columns, read_text
 from .errors import InputError, MissingFileError
-from .store import (
-    ExpressionStore,
-    ResultsStore,
-    _check_adjacencies,
-    _check_unique,
-    _parse_regulon_name,
-    create_results_store,
-    open_expression_store,
-    open_results_store,
-)
+from .params import EXPORT_FORMATS
+from .regulons import refuse_non_utf8, text_output
+from .store import ExpressionStore, ResultsStore, create_results_store, open_expression_store, open_results_store
+from .store.results import _check_adjacencies, _parse_regulon_name, _regulon_frame
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -71,15 +65,15 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# format -> default file name
-EXPORT_FORMATS = {
-    "adjacencies": "adjacencies.tsv",
-    "motifs": "reg.csv",
-    "gmt": "regulons.gmt",
-    "json": "regulons.json",
-    "auc": "auc.csv",
-    "anndata": "aucell.h5ad",
-    "loom": "scope.loom",
+# format -> the pipeline stages whose output it holds (exports of unfinished stages are refused)
+_STAGES_NEEDED = {
+    "adjacencies": ("grn",),
+    "motifs": ("pruning",),
+    "gmt": ("pruning",),
+    "json": ("pruning",),
+    "auc": ("auc",),
+    "anndata": ("auc",),
+    "loom": ("pruning", "auc"),
 }
 
 
@@ -109,7 +103,9 @@ def write_adjacencies(adjacencies: pd.DataFrame, path: str | os.PathLike) -> Pat
     Importances are written with full precision, so reading gives the same float64.
     """
     path = Path(path)
-    _check_adjacencies(adjacencies).to_csv(path, sep=_separator(path), index=False)
+    frame = _check_adjacencies(adjacencies)
+    with text_output(path) as text:
+        frame.to_csv(text, sep=_separator(path), index=False)
     return path
 
 
@@ -122,11 +118,14 @@ def read_adjacencies(path: str | os.PathLike) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, sep=_separator(path), dtype={0: str, 1: str}, keep_default_na=False,
                             float_precision="round_trip")
-    except (ValueError, OSError, UnicodeDecodeError, EOFError, pd.errors.ParserError) as error:
+    except UnicodeDecodeError:
+        refuse_non_utf8(path, "adjacencies file")
+    except (ValueError, OSError, EOFError, pd.errors.ParserError) as error:
         raise InputError(f"cannot read {path} as adjacencies ({error})") from error
     if list(frame.columns[:3]) != ["TF", "target", "importance"]:
         raise InputError(f"{path}: the header is {list(frame.columns)[:5]}; pySCENIC adjacencies have "
                          "'TF', 'target', 'importance' (tab-separated, or commas for .csv)")
+    numeric_columns(frame, ["importance"], path, "adjacencies file")
     return _check_adjacencies(frame)
 
 
@@ -148,7 +147,8 @@ def write_regulons_gmt(regulons: Sequence[dict], path: str | os.PathLike) -> Pat
                 raise InputError(f"regulon {regulon['name']!r}: {text!r} contains a tab or newline, which GMT cannot hold")
         description = f"tf={regulon['tf']} type={regulon['type']}"
         lines.append("\t".join([regulon["name"], description, *regulon["genes"]]))
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
 
 
@@ -156,10 +156,7 @@ def read_regulons_gmt(path: str | os.PathLike) -> list[dict]:
     """Read a GMT file of regulons (weights 1.0; TF and type from names like ``Tf(+)``)."""
     path = _existing(path)
     regulons = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"cannot read {path} as GMT ({error})") from error
+    text = read_text(path, "GMT file")
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
             continue
@@ -168,7 +165,7 @@ def read_regulons_gmt(path: str | os.PathLike) -> list[dict]:
             raise InputError(f"{path}, line {number}: expected 'name<TAB>description<TAB>genes...', found no tab")
         genes = [g for g in fields[2:] if g]
         regulons.append(_regulon(fields[0], genes, [1.0] * len(genes)))
-    _check_unique([r["name"] for r in regulons], f"{path} regulon names")
+    check_unique([r["name"] for r in regulons], f"{path} regulon names")
     return regulons
 
 
@@ -180,16 +177,17 @@ def write_regulons_json(regulons: Sequence[dict], path: str | os.PathLike, weigh
         content = {r["name"]: dict(zip(r["genes"], r["weights"])) for r in checked}
     else:
         content = {r["name"]: list(r["genes"]) for r in checked}
-    path.write_text(json.dumps(content), encoding="utf-8")
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(content), encoding="utf-8")
     return path
 
 
 def read_regulons_json(path: str | os.PathLike) -> list[dict]:
     """Read ``{name: [genes]}`` (pySCENIC; weights 1.0) or ``{name: {gene: weight}}``."""
-    path = _existing(path)
+    text = read_text(_existing(path), "JSON file")
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
+        content = json.loads(text)
+    except ValueError as error:
         raise InputError(f"cannot read {path} as JSON ({error})") from error
     if not isinstance(content, dict):
         raise InputError(f"{path}: expected an object {{regulon name: genes}}, found {type(content).__name__}")
@@ -210,7 +208,6 @@ def _regulon(name: str, genes: list[str], weights: list[float]) -> dict:
 
 
 def _checked_regulons(regulons) -> list[dict]:
-    from .store import _regulon_frame
 
     frame = _regulon_frame(regulons)  # checks names, genes and weights
     return frame.loc[:, ["name", "tf", "type", "genes", "weights"]].to_dict("records")
@@ -235,7 +232,8 @@ def write_auc_csv(auc, path: str | os.PathLike, cell_names: Sequence[str] | None
     frame = auc.copy()
     frame.index = pd.Index(frame.index.astype(str), name="Cell")
     frame.columns = pd.Index(frame.columns.astype(str), name="Regulon")
-    frame.to_csv(path, sep=_separator(path))
+    with text_output(path) as text:
+        frame.to_csv(text, sep=_separator(path))
     return path
 
 
@@ -244,14 +242,13 @@ def read_auc_csv(path: str | os.PathLike) -> pd.DataFrame:
     path = _existing(path)
     try:
         frame = pd.read_csv(path, sep=_separator(path), index_col=0, dtype={0: str}, float_precision="round_trip")
-    except (ValueError, OSError, UnicodeDecodeError, EOFError, pd.errors.ParserError) as error:
+    except UnicodeDecodeError:
+        refuse_non_utf8(path, "AUC table")
+    except (ValueError, OSError, EOFError, pd.errors.ParserError) as error:
         raise InputError(f"cannot read {path} as an AUC table ({error})") from error
-    non_numeric = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
-    if non_numeric:
-        raise InputError(f"{path}: column(s) {non_numeric[:5]} are not numbers; an AUC table has cells as rows "
-                         "and one numeric column per regulon")
-    _check_unique(frame.index, f"{path} cell names")
-    _check_unique(frame.columns, f"{path} regulon names")
+    numeric_columns(frame, list(frame.columns), path, "AUC table")
+    check_unique(frame.index, f"{path} cell names")
+    check_unique(frame.columns, f"{path} regulon names")
     frame.index = pd.Index(frame.index.astype(str), name="Cell")
     frame.columns = pd.Index(frame.columns.astype(str), name="Regulon")
     return frame
@@ -278,7 +275,7 @@ def results_to_anndata(results, adata=None):
     cells = store.cell_names
     names = store.regulon_names
     if adata is None:
-        genes = store.read_regulon_weights()[2] if store.is_complete("regulons") and _has(store, "regulon_weights") else []
+        genes = store.read_regulon_weights()[2] if store.is_complete("pruning") and _has(store, "regulon_weights") else []
         out = anndata.AnnData(obs=pd.DataFrame(index=pd.Index(cells, dtype=object)),
                               var=pd.DataFrame(index=pd.Index(genes, dtype=object)))
     else:
@@ -291,7 +288,7 @@ def results_to_anndata(results, adata=None):
         auc = auc[position]
     out.obsm["X_aucell"] = np.ascontiguousarray(auc, dtype=np.float32)
     out.uns["aucell"] = {"regulon_names": np.array(names, dtype=object)}
-    if store.is_complete("regulons"):
+    if store.is_complete("pruning"):
         out.uns["regulons"] = {
             r["name"]: {
                 "tf": r["tf"],
@@ -436,8 +433,7 @@ def write_scope_loom(
         "LOOM_SPEC_VERSION": _LOOM_SPEC_VERSION,
     }
 
-    tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             for group in ("attrs", "layers", "row_attrs", "col_attrs", "row_graphs", "col_graphs"):
                 f.create_group(group)
@@ -461,10 +457,6 @@ def write_scope_loom(
             f["col_attrs/ClusterID"] = cluster_ids
             for key, value in file_attrs.items():
                 f["attrs"][key] = np.bytes_(str(value).encode("ascii", "xmlcharrefreplace"))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -549,7 +541,7 @@ def read_pyscenic_loom(path: str | os.PathLike, gene_attribute: str = "Gene",
     """
     import h5py
 
-    from .store import _loom_strings
+    from .io import _loom_strings
 
     path = _existing(path)
     try:
@@ -600,7 +592,9 @@ def export_results(
     ``'gmt'``, ``'json'``, ``'auc'`` (CSV), ``'anndata'`` (.h5ad), ``'loom'`` (SCope)).
     Files get their default names in ``out_dir`` (default: the folder holding the results
     store), or the name ``output`` when a single format is written. Existing files are
-    replaced. ``expression``, ``cell_annotations``, ``genome`` and ``title`` are for the loom.
+    replaced, each atomically. ``expression``, ``cell_annotations``, ``genome`` and
+    ``title`` are for the loom. A format whose stage the run has not finished is refused
+    (``IncompleteStageError``, before any file is written): its data would be partial.
     """
     store = _results(results)
     wanted = [formats] if isinstance(formats, str) else list(formats)
@@ -612,6 +606,7 @@ def export_results(
     folder = Path(out_dir) if out_dir is not None else store.path.resolve().parent
     if not folder.is_dir():
         raise MissingFileError(f"the output folder {folder} does not exist; create it first")
+    store.require(*dict.fromkeys(stage for fmt in wanted for stage in _STAGES_NEEDED[fmt]))
     written = {}
     for fmt in dict.fromkeys(wanted):
         target = Path(output) if output is not None else folder / EXPORT_FORMATS[fmt]
@@ -628,7 +623,9 @@ def export_results(
         elif fmt == "auc":
             write_auc_csv(store.read_auc(as_frame=True), target)
         elif fmt == "anndata":
-            results_to_anndata(store).write_h5ad(target)
+            adata = results_to_anndata(store)
+            with atomic_path(target) as tmp:
+                adata.write_h5ad(tmp)
         else:
             write_scope_loom(store, target, expression, cell_annotations=cell_annotations, genome=genome,
                              title=title, verbose=verbose)
@@ -652,14 +649,16 @@ def import_pyscenic(
 
     A missing store is created: from ``expression`` (its cells and chunks) when given,
     else from the cells of the ``auc`` CSV or the ``loom``. Each file replaces that part
-    of the store and marks it complete:
+    of the store and marks its pipeline stage complete (the store's writers leave stage
+    markers to the caller):
 
-    - ``adjacencies``: ``pyscenic grn`` output -> adjacencies table;
+    - ``adjacencies``: ``pyscenic grn`` output -> adjacencies table (stage ``grn``);
     - ``motifs``: ``pyscenic ctx`` reg.csv -> motif table, and regulons built from it
-      with pySCENIC's rules (``regulons_from_motifs``);
-    - ``regulons``: ``.gmt`` or ``.json`` regulons (weights 1.0 unless the JSON has them);
-    - ``auc``: ``pyscenic aucell`` CSV/TSV -> AUC (cells matched by name);
-    - ``loom``: ``pyscenic aucell`` loom -> AUC and regulons.
+      with pySCENIC's rules (``regulons_from_motifs``) (stage ``pruning``);
+    - ``regulons``: ``.gmt`` or ``.json`` regulons (weights 1.0 unless the JSON has them)
+      (stage ``pruning``);
+    - ``auc``: ``pyscenic aucell`` CSV/TSV -> AUC (cells matched by name) (stage ``auc``);
+    - ``loom``: ``pyscenic aucell`` loom -> AUC and regulons (stages ``pruning``, ``auc``).
     """
     given = {k: v for k, v in dict(adjacencies=adjacencies, motifs=motifs, regulons=regulons, auc=auc,
                                    loom=loom).items() if v is not None}
@@ -686,13 +685,17 @@ def import_pyscenic(
                          "or an auc= / loom= file that lists the cells")
 
     if adjacencies is not None:
-        store.write_adjacencies(read_adjacencies(adjacencies))
+        table = read_adjacencies(adjacencies)
+        store.write_adjacencies(table)
+        store.mark_complete("grn", imported=os.fspath(adjacencies), n_edges=len(table))
     if motifs is not None:
         from .regulons import read_motifs_csv, regulons_from_motifs
 
         table = read_motifs_csv(_existing(motifs))
+        found = regulons_from_motifs(table)
         store.write_motifs(table)
-        store.write_regulons(regulons_from_motifs(table))
+        store.write_regulons(found)
+        store.mark_complete("pruning", imported=os.fspath(motifs), n_regulons=len(found))
     if regulons is not None:
         path = _existing(regulons)
         suffixes = [s.lower() for s in path.suffixes]
@@ -704,8 +707,10 @@ def import_pyscenic(
             raise InputError(f"cannot tell the format of {path}; regulons are read from .gmt or .json "
                              "(for a reg.csv use motifs=)")
         store.write_regulons(found)
+        store.mark_complete("pruning", imported=os.fspath(regulons), n_regulons=len(found))
     if loom_regulons is not None:
         store.write_regulons(loom_regulons)
+        store.mark_complete("pruning", imported=os.fspath(loom), n_regulons=len(loom_regulons))
     if auc_frame is not None:
         cells = store.cell_names
         position = pd.Index(auc_frame.index).get_indexer(cells)
@@ -714,4 +719,6 @@ def import_pyscenic(
             raise InputError(f"the AUC's cells ({len(auc_frame)}) are not the store's cells ({len(cells)}); "
                              f"missing e.g. {absent}")
         store.write_auc(auc_frame.to_numpy()[position], list(auc_frame.columns))
+        store.mark_complete("auc", imported=os.fspath(auc if auc is not None else loom),
+                            n_regulons=auc_frame.shape[1])
     return store

@@ -101,6 +101,10 @@ def infer_grn(expression, gene_names, tf_names, *, n_steps: int = 1000, sparsity
     sample = sample.tocsr().astype(np.float32) if sp.issparse(sample) else np.asarray(sample, dtype=np.float32)
     if sample.shape[0] < 2:
         raise InputError("GRN inference needs at least 2 cells")
+    values = sample.data if sp.issparse(sample) else sample
+    if not np.isfinite(values).all():  # a NaN column is not "constant": RegDiffusion would get inf
+        raise InputError(f"the expression holds {int((~np.isfinite(values)).sum())} NaN or infinite value(s); "
+                         "remove or impute them before GRN inference")
     varying = _varying_genes(sample)
     if varying.sum() < 2:
         raise InputError("fewer than 2 genes vary across the cells: nothing to infer")

@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.feather as feather
 import pyarrow.ipc as ipc
 
+from ._utils import atomic_path
 from .errors import InputError, MissingFileError
 
 __all__ = ["RankingDatabase", "read_ranking_database", "read_database_gene_names", "INDEX_COLUMNS"]
@@ -334,14 +335,11 @@ def _build_cache(path: Path, name: str, validate: bool, npy: Path, meta_path: Pa
         if not _same_stat(meta, path.stat()):
             logger.warning("%s changed while it was read; not caching it", path)
             return database
-        tmp = npy.with_name(f".{npy.name}.{os.getpid()}.tmp")
         try:
-            with open(tmp, "wb") as f:
+            with atomic_path(npy) as tmp, open(tmp, "wb") as f:
                 np.save(f, database.ranks_by_gene, allow_pickle=False)
-            os.replace(tmp, npy)
             _write_json(meta_path, meta, strict=True)
         except OSError as error:
-            tmp.unlink(missing_ok=True)
             warnings.warn(f"could not write the database cache {npy} ({error}); reading the Feather file each time",
                           stacklevel=4)
             return database
@@ -351,12 +349,10 @@ def _build_cache(path: Path, name: str, validate: bool, npy: Path, meta_path: Pa
 
 
 def _write_json(target: Path, content: dict, strict: bool = False) -> None:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(content))
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            tmp.write_text(json.dumps(content))
     except OSError:
-        tmp.unlink(missing_ok=True)
         if strict:
             raise
         logger.info("could not update %s (read-only?); it stays valid", target)

@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import re
-import uuid
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._utils import atomic_path
 from .errors import InputError, MissingFileError
 from .store import ResultsStore, open_expression_store, open_results_store
 
@@ -86,8 +86,10 @@ def write_report(
     cell_type_column
         The cell-label column to group cells by: looked up in the results store's cells
         table (``ResultsStore.read_cells``), then in the ``obs`` of the expression store
-        the run was made from. Default: the first label column of the cells table, else of
-        ``obs``, skipping float columns (continuous values, not labels).
+        the run was made from. Default: the column the run computed its RSS with (its
+        stored RSS is then shown, not recomputed); without one, the first label column of
+        the cells table, else of ``obs``, skipping float columns (continuous values, not
+        labels).
     cell_types
         One label per cell, in the AUC's row order, or a ``pandas.Series`` indexed by cell
         name. Wins over the stored labels; give this or ``cell_type_column``, not both.
@@ -126,29 +128,40 @@ def write_report(
     if not target.parent.exists():
         raise MissingFileError(f"the folder {target.parent} of the report does not exist; create it first")
 
-    auc = store.read_auc(as_frame=True)  # InputError when the run has no AUC yet
-    labels = _cell_labels(store, cell_types, cell_type_column)
+    auc = store.read_auc(as_frame=True)  # InputError when the run has no AUC yet or it is incomplete
+    stored = _stored_rss(store) if cell_types is None else None
+    if stored is not None and cell_type_column not in (None, stored[0]):
+        stored = None  # the caller asks for another grouping than the run's
+    labels = _cell_labels(store, cell_types, stored[0] if stored is not None else cell_type_column)
     page = _Page(title or f"flashscenic report: {store.path.name}")
     _summary(page, store, auc, labels)
-    _per_type_sections(page, auc, labels, int(top_n))
+    _per_type_sections(page, auc, labels, int(top_n), stored[1] if stored is not None else None)
     _regulon_section(page, store)
     _motif_section(page, store)
     _timing_section(page, store)
     _parameter_section(page, store)
 
-    text = page.render()
-    tmp = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as tmp:
+        tmp.write_text(page.render(), encoding="utf-8")
     logger.info("report of %s written to %s", store.path, target)
     return target
 
 
 # --- cell labels -------------------------------------------------------------------------
+
+
+def _stored_rss(store: ResultsStore) -> tuple[str, pd.DataFrame] | None:
+    """The label column and RSS table (cell types x regulons) the run stored, if it finished its RSS.
+
+    The report shows the run's numbers rather than computing its own, which could differ.
+    """
+    column = store.stages.get("rss", {}).get("cell_type_column")
+    if not store.is_complete("rss") or column is None:
+        return None
+    table = store.read_table("rss")
+    rss = table.set_index(table.columns[0])  # the first column holds the labels
+    rss.index = rss.index.astype(str)
+    return str(column), rss
 
 
 def _cell_labels(store: ResultsStore, cell_types, column: str | None) -> _Labels | None:
@@ -264,14 +277,11 @@ def _summary(page: _Page, store: ResultsStore, auc: pd.DataFrame, labels: _Label
     facts.append(("Stages complete", ", ".join(done) or "none recorded"))
     if timings:
         facts.append(("Total time of the stages", _duration(sum(timings.values()))))
-    missing = store.missing_auc_chunks()
-    if missing:
-        page.note(f"The AUC is incomplete: {len(missing)} of {len(store.auc_chunk_ranges())} chunks are not written "
-                  "yet and read as 0, so the figures below understate those cells. Resume the run to finish it.")
     page.section("summary", "Run summary", _table(facts, header=None, css="facts"))
 
 
-def _per_type_sections(page: _Page, auc: pd.DataFrame, labels: _Labels | None, top_n: int) -> None:
+def _per_type_sections(page: _Page, auc: pd.DataFrame, labels: _Labels | None, top_n: int,
+                       stored: pd.DataFrame | None) -> None:
     if labels is None or not labels.order:
         why = ("No cell-type labels were found, so there is no regulon specificity (RSS) or mean AUC per cell type. "
                "Give labels with write_report(..., cell_types=...) or --cell-type-column, or store them with "
@@ -285,7 +295,7 @@ def _per_type_sections(page: _Page, auc: pd.DataFrame, labels: _Labels | None, t
         page.section("rss", "Regulon specificity per cell type", _note(why))
         page.section("auc", "Mean AUC per cell type", _note(why))
         return
-    from .rss import regulon_specificity_scores
+    from .rss import rss_by_label
 
     notes: list[str] = []
     keep = np.array([v is not None for v in labels.values])
@@ -293,11 +303,17 @@ def _per_type_sections(page: _Page, auc: pd.DataFrame, labels: _Labels | None, t
         notes.append(f"{int((~keep).sum()):,} cells without a label are left out.")
     values = auc.iloc[np.flatnonzero(keep)]
     kept = labels.values[keep].astype(str)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RuntimeWarning)
-        rss = regulon_specificity_scores(values, kept)
-    notes += [str(w.message) + "." for w in caught if issubclass(w.category, RuntimeWarning)]
+    if stored is not None:
+        rss = stored
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the note below says it
+            rss = rss_by_label(auc, pd.Series(labels.values, index=auc.index))
     rss = rss.reindex(labels.order)
+    undefined = [str(c) for c in rss.columns[rss.isna().all().to_numpy()]]
+    if undefined:
+        notes.append(f"{len(undefined)} regulon(s) have AUC 0 in every labelled cell, so their specificity is "
+                     f"undefined (NaN): {undefined[:10]}.")
     sizes = pd.Series(kept).value_counts().reindex(labels.order).fillna(0).astype(int)
     mean = values.groupby(kept).mean().reindex(labels.order)
 
@@ -326,7 +342,7 @@ def _per_type_sections(page: _Page, auc: pd.DataFrame, labels: _Labels | None, t
                         f"{len(columns)} regulons (columns)",
                         f"Regulon specificity score (Suo et al. 2018; 1 = active only in that cell type) of the "
                         f"{per_type} most specific regulon(s) of each cell type, ordered by cell type. Cell types: "
-                        f"{labels.source}.")
+                        f"{labels.source}" + ("; the RSS the run stored." if stored is not None else "."))
     else:
         body += _note("No regulon has a defined specificity (every regulon's AUC is 0 in every cell).")
     rows = [(t, f"{sizes[t]:,}", ", ".join(f"{r} ({s:.3f})" for r, s in tops[t].items()) or "none")

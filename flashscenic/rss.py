@@ -26,7 +26,7 @@ from scipy.special import rel_entr
 
 from .errors import InputError
 
-__all__ = ["regulon_specificity_scores"]
+__all__ = ["regulon_specificity_scores", "rss_by_label"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,25 @@ def regulon_specificity_scores(auc_matrix, cell_type_labels, regulon_names: Sequ
     return pd.DataFrame(rss, index=pd.Index(types, name=None), columns=pd.Index(regulons))
 
 
+def rss_by_label(auc: pd.DataFrame, labels: pd.Series) -> pd.DataFrame:
+    """RSS of each label's cells; a cell without a label (NaN/None) belongs to no cell type.
+
+    ``auc``: cells x regulons; ``labels``: one label per cell, aligned by index to
+    ``auc``'s rows (a RangeIndex: by position) and compared as text. Returns cell types x
+    regulons, the index named after ``labels.name``. The run, the ``rss`` command and the
+    report all call this, so that they group cells alike.
+    """
+    if not isinstance(auc, pd.DataFrame) or not isinstance(labels, pd.Series):
+        raise InputError("rss_by_label takes the AUC as a DataFrame (cells x regulons) and the labels as a Series")
+    aligned = pd.Series(_aligned(labels, auc.index, len(auc)), dtype=object).reset_index(drop=True)
+    keep = aligned.notna().to_numpy()
+    if not keep.any():
+        where = f" in {labels.name!r}" if labels.name is not None else ""
+        raise InputError(f"every cell's label{where} is missing; there is no cell type to score")
+    rss = regulon_specificity_scores(auc.iloc[np.flatnonzero(keep)], aligned[keep].astype(str).to_numpy())
+    return rss.rename_axis(labels.name)
+
+
 def _auc_values(auc_matrix, regulon_names):
     cells = None
     if isinstance(auc_matrix, pd.DataFrame):
@@ -140,7 +159,8 @@ def _auc_values(auc_matrix, regulon_names):
     return values, cells, regulons
 
 
-def _labels(labels, cells, n_cells) -> np.ndarray:
+def _aligned(labels, cells, n_cells):
+    """A Series of labels reordered to ``cells`` by index (a RangeIndex one: by position); others as given."""
     if isinstance(labels, pd.Series) and cells is not None and not labels.index.equals(cells):
         if cells.isin(labels.index).all() and labels.index.is_unique:
             labels = labels.reindex(cells)
@@ -150,6 +170,11 @@ def _labels(labels, cells, n_cells) -> np.ndarray:
                 f"cell_type_labels' index does not match auc_matrix's cells ({len(missing)} cell(s) "
                 f"without a label, e.g. {list(missing[:5])}); give one label per cell"
             )
+    return labels
+
+
+def _labels(labels, cells, n_cells) -> np.ndarray:
+    labels = _aligned(labels, cells, n_cells)
     if isinstance(labels, (str, bytes)):
         raise InputError("cell_type_labels must be one label per cell, not one string")
     series = pd.Series(np.asarray(labels, dtype=object) if not isinstance(labels, pd.Series) else labels.to_numpy(dtype=object))

@@ -63,16 +63,19 @@ same dataset, bit for bit.
 
 from __future__ import annotations
 
-import os
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ._utils import atomic_path
 from .errors import InputError
 
 __all__ = ["SimulatedDataset", "simulate_dataset", "evaluate_regulons"]
+
+logger = logging.getLogger(__name__)
 
 # Expression model (log scale unless said otherwise).
 ACTIVITY_ON = 1.0  # mean activity shift of a TF in the cell types where it is active
@@ -224,10 +227,9 @@ class SimulatedDataset:
 
 
 def _replace(path: Path, write) -> None:
-    """Write to a temporary name, then rename: a reader never sees half a file."""
-    partial = path.with_name(path.name + ".partial")
-    write(str(partial))
-    os.replace(partial, path)
+    """``write(temporary path)``, then rename it to ``path``: a reader never sees half a file."""
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 # --------------------------------------------------------------------------- simulation

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from flashscenic import rankdb
 from flashscenic.checks import (check_gene_overlap, check_inputs, check_motif_annotation, check_tf_overlap,
                                 read_tf_names)
+from flashscenic.errors import InputError
 from flashscenic.rankdb import RankingDatabase
 from pyscenic_fixtures import FIXTURES
 from test_rankdb import ranks, write
@@ -78,6 +80,26 @@ def test_tf_overlap(tmp_path):
         check_tf_overlap(tmp_path / "missing.txt", HUMAN)
 
 
+def test_a_tf_list_that_is_not_utf8_is_one_line_naming_file_and_line(tmp_path, capsys):
+    from flashscenic.cli import main
+
+    tf_file = tmp_path / "tfs.txt"
+    tf_file.write_bytes("SOX2\nPAX6\nZNF\xe9\n".encode("latin-1"))  # a latin-1 byte on line 3
+    with pytest.raises(InputError, match=r"TF list '.*tfs.txt' is not UTF-8 text: line 3 has the byte 0xe9"):
+        read_tf_names(tf_file)
+    with pytest.raises(InputError, match="line 3"):
+        check_tf_overlap(tf_file, HUMAN)
+    rng = np.random.default_rng(0)
+    expression = pd.DataFrame(np.log1p(rng.poisson(2.0, (40, len(HUMAN)))).astype(np.float32),
+                              index=[f"cell{i}" for i in range(40)], columns=HUMAN)
+    expression.to_csv(tmp_path / "expression.csv")
+    assert main(["grn", str(tmp_path / "expression.csv"), str(tf_file), "-o", str(tmp_path / "adj.tsv"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("flashscenic: error: TF list ") and "line 3" in err[0]
+    assert not (tmp_path / "adj.tsv").exists()
+
+
 def test_real_tf_lists_of_the_wrong_species():
     if not FIXTURES.is_dir():
         pytest.skip(f"pySCENIC fixtures not found at {FIXTURES}")
@@ -102,6 +124,17 @@ def test_annotation_columns_are_checked_by_the_loader(tmp_path):
     good = tmp_path / "good.tbl"
     good.write_text(HEADER + "m1\tM1\tSOX2\t0.0\t1.0\tgene is directly annotated\n")
     assert check_motif_annotation(good).has_annotation("m1", "SOX2")
+
+
+def test_annotation_not_utf8_or_with_a_word_for_a_number_is_one_line(tmp_path):
+    latin = tmp_path / "latin.tbl"
+    latin.write_bytes((HEADER + "m1\tM1\tSOX2\t0.0\t1.0\tok\nm2\tM2\tPAX6\t0.0\t1.0\tcaf\xe9\n").encode("latin-1"))
+    with pytest.raises(InputError, match=r"motif annotation file '.*latin.tbl' is not UTF-8 text: line 3 .*0xe9"):
+        check_motif_annotation(latin)
+    words = tmp_path / "words.tbl"
+    words.write_text(HEADER + "m1\tM1\tSOX2\t0.0\t1.0\tok\nm2\tM2\tPAX6\tabc\t1.0\tok\n")
+    with pytest.raises(InputError, match=r"words.tbl', line 3, column 'motif_similarity_qvalue': 'abc' is not a number"):
+        check_motif_annotation(words)
 
 
 def test_check_inputs_runs_everything(tmp_path):

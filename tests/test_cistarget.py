@@ -12,6 +12,7 @@ import torch
 
 from flashscenic import CisTargetPruner, compute_nes, compute_recovery_aucs, prune_single_module
 from flashscenic.cistarget import MotifAnnotation, filter_by_annotations
+from flashscenic.errors import InputError
 from flashscenic.rankdb import RankingDatabase, read_ranking_database
 from pyscenic_fixtures import FIXTURES, needs_fixtures
 from pyscenic_prune_oracle import ctxcore_module, frame_database, pyscenic_module2df
@@ -287,6 +288,59 @@ def test_annotation_file_missing_columns(tmp_path):
         MotifAnnotation.load_from_file(path)
 
 
+ANNOTATION_HEADER = "#motif_id\tmotif_name\tgene_name\tmotif_similarity_qvalue\torthologous_identity\tdescription\n"
+ANNOTATION_ROW = "m1\tM1\tSOX2\t0.0\t1.0\tgene is directly annotated\n"
+
+
+def test_annotation_file_not_utf8_is_one_line_naming_file_and_line(tmp_path):
+    path = tmp_path / "latin.tbl"
+    path.write_bytes((ANNOTATION_HEADER + ANNOTATION_ROW + "m2\tM2\tSOX2\t0.0\t1.0\tcaf\xe9\n").encode("latin-1"))
+    with pytest.raises(InputError, match=r"motif annotation file '.*latin.tbl' is not UTF-8 text: line 3 .*0xe9") as caught:
+        MotifAnnotation.load_from_file(path)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("column, row", [
+    ("motif_similarity_qvalue", "m2\tM2\tSOX2\tabc\t1.0\tx\n"),
+    ("orthologous_identity", "m2\tM2\tSOX2\t0.0\tabc\tx\n"),
+])
+def test_annotation_text_in_a_number_column_names_file_line_and_column(tmp_path, column, row):
+    path = tmp_path / "words.tbl"
+    path.write_text(ANNOTATION_HEADER + ANNOTATION_ROW + row)
+    with pytest.raises(InputError, match=rf"motif annotation file '.*words.tbl', line 3, column '{column}': 'abc' is "
+                                         "not a number"):
+        MotifAnnotation.load_from_file(path)
+    empty = tmp_path / "empty_q.tbl"  # an empty field is a missing value, as in pandas: filtered out
+    empty.write_text(ANNOTATION_HEADER + ANNOTATION_ROW + row.replace("abc", ""))
+    assert MotifAnnotation.load_from_file(empty).table.index.tolist() == [("SOX2", "m1")]
+
+
+@pytest.mark.parametrize("content, expected", [
+    pytest.param((ANNOTATION_HEADER + ANNOTATION_ROW + "m2\tM2\tT\t0.0\t1.0\tcaf\xe9\n").encode("latin-1"),
+                 "is not UTF-8 text: line 3", id="latin-1"),
+    pytest.param((ANNOTATION_HEADER + ANNOTATION_ROW + "m2\tM2\tT\tabc\t1.0\tx\n").encode(),
+                 "line 3, column 'motif_similarity_qvalue'", id="word-in-qvalue"),
+])
+def test_ctx_command_refuses_a_bad_annotation_file_in_one_line(tmp_path, capsys, content, expected):
+    from flashscenic.cli import main
+    from flashscenic.simulate import simulate_dataset
+
+    data = simulate_dataset(n_cells=60, n_genes=200, n_tfs=2, n_decoy_tfs=1, n_cell_types=2, targets_per_tf=40,
+                            n_database_genes=300, n_motifs=20, seed=0)
+    resources = data.write_resources(tmp_path)
+    resources["motif_annotation"].write_bytes(content)
+    rows = [(tf, gene, weight) for tf, targets in data.planted.items() for gene, weight in targets.items()]
+    pd.DataFrame(rows, columns=["TF", "target", "importance"]).to_csv(tmp_path / "adj.tsv", sep="\t", index=False)
+    argv = ["ctx", str(tmp_path / "adj.tsv"), str(resources["ranking_db"]), "--annotations",
+            str(resources["motif_annotation"]), "-o", str(tmp_path / "reg.csv"), "--device", "cpu", "--quiet",
+            "--pruning-rank-threshold", "150"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("flashscenic: error: ") and expected in err[0]
+    assert resources["motif_annotation"].name in err[0]
+    assert not (tmp_path / "reg.csv").exists()
+
+
 def test_filter_by_annotations_keeps_only_the_modules_tf(tmp_path):
     setup = random_setup(1, tmp_path)
     annotations = MotifAnnotation.load_from_file(setup["annotation_file"])
@@ -356,3 +410,12 @@ def test_unweighted_increments_numpy_and_torch_routes_agree(seed):
         assert a.dtype == b.dtype == torch.int64 and a.shape == b.shape == (rank_threshold,)
         assert torch.equal(a, b)
     assert int(via_numpy[0].sum()) == int((ranks < rank_threshold).sum())
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(module_batch_size=0), "module_batch_size must be a positive integer, got 0"),
+    (dict(merge_strategy="intersection"), "merge_strategy='intersection' is not one of 'union', 'best'"),
+])
+def test_pruner_options_are_checked_when_built(options, message):
+    with pytest.raises(InputError, match=message):
+        CisTargetPruner(device="cpu", **options)

@@ -211,7 +211,7 @@ def test_path_mistakes_are_one_line_errors(files, tmp_path, capsys):
     one_line_error(capsys, ["grn", files["h5ad"], str(tmp_path / "no_tfs.txt"), "-o", str(tmp_path / "a.tsv")],
                    "no_tfs.txt")
     one_line_error(capsys, ["run", files["h5ad"], "--out", str(tmp_path / "o2"), *resources(files), "--seed", "-1",
-                            "--adjacencies", files["adj"], "--n-workers", "0"], "seed must be an integer >= 0")
+                            "--adjacencies", files["adj"], "--n-workers", "0"], "seed must be an integer in 0..4294967295")
 
 
 def test_rss_leaves_unlabelled_cells_out(files, finished_run, tmp_path):

@@ -458,3 +458,21 @@ def test_cli_errors_are_one_line(server, tmp_path, capsys, monkeypatch):
     assert len(err) == 1 and err[0].startswith("flashscenic: error: offline mode")
     assert main(["resources", "--species", "cat"]) == 2
     assert capsys.readouterr().err.strip() == "flashscenic: error: unknown species 'cat'; known: drosophila, human, mouse"
+
+
+def test_a_verification_record_failing_midway_leaves_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "db.feather"
+    path.write_bytes(b"ranks")
+    data._write_record(path, "http://mirror/db.feather", "a" * 40, "sha1sum")
+    record = data._record_path(path)
+    before = record.read_bytes()
+    real = Path.write_text
+
+    def write_text(self, text, *args, **kwargs):
+        real(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    data._write_record(path, "http://mirror/db.feather", "b" * 40, "sha1sum")  # logged: the file is still verified
+    assert record.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, record.name])  # no partial file

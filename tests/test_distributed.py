@@ -35,7 +35,10 @@ import scipy.sparse as sp
 
 from flashscenic.errors import InputError, MissingFileError
 from flashscenic.aucell import get_aucell
-from flashscenic.pipeline import InProcessExecutor, _tf_shards, params_from, prepare_resources, run_pipeline
+from flashscenic.executors import InProcessExecutor
+from flashscenic.params import Params
+from flashscenic.pipeline import run_pipeline
+from flashscenic.stages import aucell_block, prepare_resources, tf_shards
 from flashscenic.store import ingest_expression
 
 distributed = pytest.importorskip("distributed")
@@ -117,7 +120,7 @@ def _write_case(root: Path) -> dict:
 def case(tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     case = _write_case(root)
-    case["params"] = params_from({"device": "cpu", "seed": 3})
+    case["params"] = Params(device="cpu", seed=3, verbose=False)
     case["root"] = root
     case["reference"] = {}
     for layout, store in case["stores"].items():
@@ -128,7 +131,7 @@ def case(tmp_path_factory):
 
 def _run(case, layout, out, executor, **options):
     return run_pipeline(case["stores"][layout], out, resources=case["resources"], params=case["params"],
-                        executor=executor, adjacencies=case["adjacencies"], verbose=False, **options)
+                        executor=executor, adjacencies=case["adjacencies"], **options)
 
 
 def _outputs(results) -> dict:
@@ -234,13 +237,13 @@ def test_shards_split_whole_tfs_and_balance_work():
     modules = [Module(tf, (f"top{n}",), tuple(f"g{i}" for i in range(n)), (1.0,) * n)
                for tf, ns in sizes.items() for n in ns]
     for n in (1, 2, 3, 4, 10):
-        shards = _tf_shards(modules, n)
+        shards = tf_shards(modules, n)
         assert len(shards) == min(n, len(sizes)) and all(shards)
         assert sorted(id(m) for s in shards for m in s) == sorted(id(m) for m in modules)
         assert all(len({m.tf for m in s} & {m.tf for m in t}) == 0 for i, s in enumerate(shards)
                    for t in shards[i + 1:])
-        assert _tf_shards(list(reversed(modules)), n) is not None  # any order is accepted
-    loads = sorted(sum(len(m) for m in s) for s in _tf_shards(modules, 2))
+        assert tf_shards(list(reversed(modules)), n) is not None  # any order is accepted
+    loads = sorted(sum(len(m) for m in s) for s in tf_shards(modules, 2))
     assert loads == [220, 260]  # B 200 | D 120, A 80 | E 60 -> B's | C 20 -> the other: largest first, lightest shard
 
 
@@ -345,7 +348,7 @@ def test_worker_killed_during_aucell_gives_the_same_result(case, tmp_path):
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 try:
-                    done = open_results_store(out / "results.zarr").auc_done()
+                    done = open_results_store(out / ".partial" / "results.zarr").auc_done()  # unpublished run
                 except Exception:  # the store or its AUC array does not exist yet
                     time.sleep(0.02)
                     continue
@@ -416,7 +419,8 @@ def test_interrupted_run_resumes_with_only_the_missing_chunks(case, tmp_path):
         first = _Recording(executor, stop_after=5)
         with pytest.raises(_Interrupted):
             _run(case, "csr", tmp_path, first, chunk_cells=90)
-        stored = open_results_store(tmp_path / "results.zarr")
+        assert not (tmp_path / "results.zarr").exists()  # an interrupted run is not published
+        stored = open_results_store(tmp_path / ".partial" / "results.zarr")
         assert stored.is_complete("pruning") and not stored.is_complete("auc")
         missing = stored.missing_auc_chunks()
         assert len(missing) == 12 - 5
@@ -453,10 +457,14 @@ def test_user_errors_surface_as_themselves_and_are_not_retried(case, tmp_path):
         assert calls.read_text() == "x"  # once: a user error is not retried
 
         # a user error inside a pipeline task on a worker: AUCell's threshold selects every gene
-        params = params_from({"device": "cpu", "seed": 3, "aucell_auc_threshold": 0.999})
+        # (run_pipeline refuses it before any stage; the task itself must still raise it as itself)
+        params = Params(device="cpu", seed=3, aucell_auc_threshold=0.999, verbose=False)
         with pytest.raises(InputError, match="auc_threshold=0.999 selects 400 of 400 genes"):
+            executor.map(aucell_block, [(np.ones((3, 400), np.float32), np.ones((2, 400), np.float32), params)],
+                         description="aucell", verbose=False)
+        with pytest.raises(InputError, match="aucell_auc_threshold=0.999 selects 400 of 400 genes"):
             run_pipeline(case["stores"]["dense"], tmp_path / "out", resources=case["resources"], params=params,
-                         executor=executor, adjacencies=case["adjacencies"], verbose=False)
+                         executor=executor, adjacencies=case["adjacencies"])
         # torch threads: the host's cores shared by the two one-thread workers
         cores = len(os.sched_getaffinity(0))
         assert set(executor.torch_threads().values()) == {max(1, cores // 2)}
@@ -466,7 +474,8 @@ def test_user_errors_surface_as_themselves_and_are_not_retried(case, tmp_path):
 
 def test_start_executor_choices(tmp_path, monkeypatch):
     assert isinstance(start_executor(n_workers=0, verbose=False), InProcessExecutor)
-    with pytest.raises(InputError, match="not both"):
+    with pytest.raises(InputError, match="give one of scheduler, scheduler_file, client, use_running; got "
+                                         "scheduler, scheduler_file"):
         start_executor(scheduler="tcp://127.0.0.1:1", scheduler_file=tmp_path / "s.json")
     with pytest.raises(InputError, match="n_workers=0"):
         start_executor(n_workers=0, scheduler="tcp://127.0.0.1:1")
@@ -564,3 +573,33 @@ def test_tls_from_the_recipe_for_an_external_and_an_embedded_cluster(tmp_path):
         assert all(address.startswith("tls://") for address in executor._workers())
     finally:
         executor.close()
+
+
+def test_a_given_client_is_used_left_open_and_its_dashboard_shows_the_stages(case, tmp_path):
+    """start_executor(client=...) and (use_running=True) run on the caller's cluster, name each stage
+    as a Dask span (grn / pruning / aucell on the dashboard) and leave the client open."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(processes=True, n_workers=2, threads_per_worker=1, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        executor = start_executor(client=client, verbose=False)
+        assert executor.client is client
+        results = _run(case, "dense", tmp_path / "given", executor)
+        executor.close()
+        assert client.status == "running"  # the caller's client stays open
+        _assert_same(results, case["reference"]["dense"])
+
+        def span_names(dask_scheduler):
+            return sorted({s.name[-1] for s in dask_scheduler.extensions["spans"].spans.values()})
+
+        # (with adjacencies the grn stage sends no task, so only a GRN run shows a grn span)
+        assert {"pruning", "aucell"} <= set(client.run_on_scheduler(span_names))
+        running = start_executor(use_running=True, verbose=False)
+        assert running.client is client
+        _assert_same(_run(case, "dense", tmp_path / "running", running), case["reference"]["dense"])
+        running.close()
+        assert client.status == "running"
+    with pytest.raises(InputError, match="has no Dask client"):
+        start_executor(use_running=True)
+    with pytest.raises(InputError, match="give one of"):
+        start_executor(client=object(), scheduler="tcp://127.0.0.1:1")

@@ -7,9 +7,13 @@ with the reason when absent); GMT files are also read with ctxcore, pySCENIC's r
 from __future__ import annotations
 
 import base64
+import errno
+import gzip
 import json
+import re
 import warnings
 import zlib
+from pathlib import Path
 
 import anndata as ad
 import h5py
@@ -17,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flashscenic.errors import InputError
+from flashscenic.errors import IncompleteStageError, InputError
 from flashscenic.export import (
     EXPORT_FORMATS,
     export_results,
@@ -80,6 +84,8 @@ def run(tmp_path):
     found = regulons_from_motifs(table)
     results.write_regulons(found)
     results.write_auc(auc_values(len(found)), [r["name"] for r in found])
+    for stage in ("grn", "pruning", "auc"):  # the pipeline marks its stages, not the store's writers
+        results.mark_complete(stage)
     return results
 
 
@@ -146,7 +152,7 @@ def test_motifs_fixture_through_a_results_store(tmp_path):
     # a new results store needs its cells: an AUC file lists them
     auc_path = write_auc_csv(np.zeros((3, 1), np.float32), tmp_path / "auc.csv", ["a", "b", "c"], ["X(+)"])
     store = import_pyscenic(tmp_path / "run.zarr", motifs=MOTIFS_CSV, auc=auc_path)
-    assert store.is_complete("motifs") and store.is_complete("regulons") and store.is_complete("auc")
+    assert store.is_complete("pruning") and store.is_complete("auc")  # motifs and regulons: the pruning stage
     assert_motif_tables_equal(store.read_motifs(), original)
     expected_regulons = regulons_from_motifs(original)
     assert_regulons_equal(store.read_regulons(), expected_regulons)
@@ -275,7 +281,7 @@ def test_import_pyscenic_files_into_a_new_store(tmp_path):
     assert [r["genes"] for r in store.read_regulons()] == [r["genes"] for r in found]
     weights, rows, genes = store.read_regulon_weights()  # gene names from the expression store
     assert rows == names and genes == gene_names()
-    assert store.stages.keys() >= {"adjacencies", "regulons", "auc"}
+    assert store.stages.keys() >= {"grn", "pruning", "auc"}  # adjacencies: grn; regulons: pruning
 
 
 def test_import_loom_and_export_again(run, tmp_path):
@@ -308,9 +314,11 @@ def test_export_every_format(run, tmp_path):
     [
         pytest.param("a.tsv", "tf\ttarget\tweight\nA\tB\t1\n", read_adjacencies, "'TF', 'target', 'importance'",
                      id="adjacency-header"),
-        pytest.param("a.tsv", "TF\ttarget\timportance\nA\tB\tbig\n", read_adjacencies, "not a finite number",
-                     id="adjacency-value"),
-        pytest.param("a.csv", "Cell,R(+)\nc1,high\n", read_auc_csv, r"column\(s\) \['R\(\+\)'\] are not numbers",
+        pytest.param("a.tsv", "TF\ttarget\timportance\nA\tB\tbig\n", read_adjacencies,
+                     r"a.tsv', line 2, column 'importance': 'big' is not a number", id="adjacency-value"),
+        pytest.param("a.tsv", "TF\ttarget\timportance\nA\tB\tinf\n", read_adjacencies, "not a finite number",
+                     id="adjacency-infinite"),
+        pytest.param("a.csv", "Cell,R(+)\nc1,high\n", read_auc_csv, r"a.csv', line 2, column 'R\(\+\)': 'high' is not a number",
                      id="auc-text"),
         pytest.param("a.csv", "Cell,R(+)\nc1,0.1\nc1,0.2\n", read_auc_csv, r"\('c1' x2\)", id="auc-duplicate-cells"),
         pytest.param("r.gmt", "just-a-name\n", read_regulons_gmt, "found no tab", id="gmt"),
@@ -343,10 +351,132 @@ def test_missing_files_and_wrong_requests(run, tmp_path):
     with pytest.raises(InputError, match="does not exist yet"):
         import_pyscenic(tmp_path / "new.zarr", adjacencies=tmp_path / "absent.tsv")
     other = create_results_store(tmp_path / "bare.zarr", cell_names=cell_names())
-    with pytest.raises(InputError, match="has no adjacencies table yet"):
+    with pytest.raises(IncompleteStageError, match=r"'grn'.*--resume"):
         export_results(other, "adjacencies", tmp_path)
+    with pytest.raises(InputError, match="has no adjacencies table yet"):
+        other.read_adjacencies()
     with pytest.raises(InputError, match="records no expression store; pass expression="):
         write_scope_loom(other, tmp_path / "s.loom", verbose=False)
+
+
+@pytest.mark.parametrize(
+    "reader, name, content",
+    [
+        pytest.param(read_adjacencies, "adj.tsv", b"TF\ttarget\timportance\nA\tB\t1\nCaf\xe9\tB\t2\n", id="adjacencies"),
+        pytest.param(read_adjacencies, "adj.tsv.gz", b"TF\ttarget\timportance\nA\tB\t1\nCaf\xe9\tB\t2\n",
+                     id="adjacencies-gz"),
+        pytest.param(read_auc_csv, "auc.csv", b"Cell,R(+)\nc1,0.5\nc\xe9,0.25\n", id="auc"),
+        pytest.param(read_regulons_gmt, "r.gmt", b"A(+)\td\tG1\nB(+)\td\tG2\nC(+)\td\tG\xe9\n", id="gmt"),
+        pytest.param(read_regulons_json, "r.json", b'{\n"A(+)": ["G1"],\n"B(+)": ["G\xe9"]\n}\n', id="json"),
+    ],
+)
+def test_text_that_is_not_utf8_is_refused_naming_file_and_line(tmp_path, reader, name, content):
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(content) if name.endswith(".gz") else content)  # latin-1 'é' on line 3
+    with pytest.raises(InputError, match=rf"{re.escape(name)}' is not UTF-8 text: line 3 .*0xe9") as caught:
+        reader(path)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "reader, name, content, column",
+    [
+        pytest.param(read_adjacencies, "adj.tsv", "TF\ttarget\timportance\nA\tB\t1\nC\tD\tabc\n", "importance",
+                     id="adjacencies"),
+        pytest.param(read_adjacencies, "adj.csv", "TF,target,importance\nA,B,1\nC,D,abc\n", "importance",
+                     id="adjacencies-csv"),
+        pytest.param(read_auc_csv, "auc.csv", "Cell,R(+),S(-)\nc1,0.5,0.1\nc2,0.2,abc\n", "S(-)", id="auc"),
+    ],
+)
+def test_text_in_a_number_column_is_refused_naming_file_line_and_column(tmp_path, reader, name, content, column):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(InputError, match=rf"{re.escape(name)}', line 3, column {re.escape(repr(column))}: 'abc' is not a number"):
+        reader(tmp_path / name)
+
+
+def test_ctx_command_refuses_a_bad_adjacency_file_in_one_line(tmp_path, capsys):
+    for content, expected in ((b"TF\ttarget\timportance\nA\tB\t1\nCaf\xe9\tB\t2\n", "is not UTF-8 text: line 3"),
+                              (b"TF\ttarget\timportance\nA\tB\t1\nC\tD\tabc\n", "line 3, column 'importance'")):
+        (tmp_path / "adj.tsv").write_bytes(content)
+        argv = ["ctx", str(tmp_path / "adj.tsv"), str(tmp_path / "db.feather"), "--annotations",
+                str(tmp_path / "a.tbl"), "-o", str(tmp_path / "reg.csv")]
+        assert run_cli(argv) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith("flashscenic: error: ") and expected in err[0]
+        assert "adj.tsv" in err[0]
+
+
+# --- unfinished stages and interrupted writes ----------------------------------------------
+
+
+def test_export_refuses_unfinished_stages_before_writing_anything(tmp_path, capsys):
+    store = create_results_store(tmp_path / "run.zarr", cell_names=cell_names(), chunk_rows=64)
+    store.write_regulons(regulons())
+    store.mark_complete("pruning")
+    store.init_auc(["A(+)", "B(+)"])
+    store.write_auc_chunk(0, np.ones((64, 2)))  # 1 of 4 chunks: the AUC stage is not complete
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(IncompleteStageError, match=r"'auc'.*--resume"):
+        export_results(store, "auc", out)
+    with pytest.raises(IncompleteStageError, match=r"'auc'"):
+        export_results(store, ["gmt", "auc"], out)  # gmt could be written, but nothing is
+    assert list(out.iterdir()) == []
+    assert run_cli(["export", str(store.path), "--format", "auc", "--out-dir", str(out)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("flashscenic: error: ") and "'auc'" in err[0] and "--resume" in err[0]
+    assert list(out.iterdir()) == []
+    assert export_results(store, "gmt", out) == {"gmt": out / "regulons.gmt"}  # a finished stage exports
+
+
+def _full_disk() -> OSError:
+    return OSError(errno.ENOSPC, "No space left on device")
+
+
+def _break_writer(monkeypatch, fmt: str) -> None:
+    """Make the writer of ``fmt`` write part of its output, then fail as a full disk would."""
+    if fmt in ("adjacencies", "motifs", "auc"):
+        def to_csv(self, handle, *args, **kwargs):
+            handle.write("TF\ttar")
+            raise _full_disk()
+        monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
+    elif fmt in ("gmt", "json"):
+        real = Path.write_text
+
+        def write_text(self, data, *args, **kwargs):
+            real(self, data[: len(data) // 2], *args, **kwargs)
+            raise _full_disk()
+        monkeypatch.setattr(Path, "write_text", write_text)
+    elif fmt == "anndata":
+        def write_h5ad(self, filename, *args, **kwargs):
+            Path(filename).write_bytes(b"\x89HDF\r\n\x1a\nhalf")
+            raise _full_disk()
+        monkeypatch.setattr(ad.AnnData, "write_h5ad", write_h5ad)
+    else:
+        from flashscenic import export
+
+        def structured(*args, **kwargs):  # called once the loom holds its expression matrix
+            raise _full_disk()
+        monkeypatch.setattr(export, "_structured", structured)
+
+
+@pytest.mark.parametrize("fmt", list(EXPORT_FORMATS))
+def test_a_writer_failing_midway_leaves_the_previous_file(run, tmp_path, monkeypatch, fmt):
+    out = tmp_path / "out"
+    out.mkdir()
+    target = export_results(run, fmt, out, verbose=False)[fmt]
+    before = target.read_bytes()
+    _break_writer(monkeypatch, fmt)
+    with pytest.raises(OSError, match="No space left"):
+        export_results(run, fmt, out, verbose=False)
+    assert target.read_bytes() == before
+    assert [p.name for p in out.iterdir()] == [target.name]  # no partial file left beside it
+    monkeypatch.undo()
+    (out / target.name).unlink()
+    _break_writer(monkeypatch, fmt)
+    with pytest.raises(OSError, match="No space left"):
+        export_results(run, fmt, out, verbose=False)
+    assert list(out.iterdir()) == []  # nothing under the final name either
 
 
 # --- the export command ------------------------------------------------------------------

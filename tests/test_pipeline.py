@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import sys
 
+import flashscenic.pipeline
 import numpy as np
 import pandas as pd
 import pytest
 
 from flashscenic.aucell import get_aucell
-from flashscenic.pipeline import (InProcessExecutor, prepare_resources, params_from, run_flashscenic,
-                                  run_pipeline)
+from flashscenic.executors import InProcessExecutor
+from flashscenic.params import Params
+from flashscenic.pipeline import run_flashscenic, run_pipeline
+from flashscenic.stages import prepare_resources
 from flashscenic.simulate import evaluate_regulons, simulate_dataset
 from flashscenic.store import ingest_expression
 
@@ -121,12 +124,16 @@ def _square(table, data):
     return square
 
 
-def test_no_regulon_message_counts_the_annotation_filter(sim):
+def test_no_regulon_message_counts_the_annotation_filter(sim, tmp_path):
     data, paths = sim
+    # every motif annotated, but to a TF no module has: the filter removes every enriched motif
+    annotation = pd.read_csv(paths["motif_annotation"], sep="\t")
+    annotation["gene_name"] = "NOT_A_TF"
+    annotation.to_csv(tmp_path / "other.tbl", sep="\t", index=False)
     with pytest.raises(ValueError) as error:
-        run_flashscenic(data.expression, data.gene_names, **resource_args(paths), adj_matrix=planted_adjacencies(data),
-                        annotation_motif_similarity_fdr=0.0, annotation_orthologous_identity=1.01, device="cpu",
-                        verbose=False)
+        run_flashscenic(data.expression, data.gene_names, **{**resource_args(paths),
+                                                             "motif_annotation_path": str(tmp_path / "other.tbl")},
+                        adj_matrix=planted_adjacencies(data), device="cpu", verbose=False)
     text = str(error.value)
     assert "before the annotation filter, 0 after it" in text
     reached = int(text.split(" (module, motif) pairs reached")[0].rsplit(" ", 1)[-1])
@@ -182,8 +189,8 @@ def test_run_pipeline_equals_run_flashscenic(sim, store, tmp_path):
     expected = run_flashscenic(data.expression, data.gene_names, **resource_args(paths), adj_matrix=adjacencies,
                                device="cpu", seed=2, verbose=False)
     resources = prepare_resources(**{k.replace("_path", "_path"): v for k, v in resource_args(paths).items()})
-    results = run_pipeline(store, tmp_path / "run", resources=resources, params=params_from({"device": "cpu", "seed": 2}),
-                           adjacencies=adjacencies, chunk_cells=333, n_prune_shards=3, verbose=False)
+    results = run_pipeline(store, tmp_path / "run", resources=resources, params=Params(device="cpu", seed=2, verbose=False),
+                           adjacencies=adjacencies, chunk_cells=333, n_prune_shards=3)
     assert results.regulon_names == expected["regulon_names"]
     assert np.array_equal(results.read_auc(), expected["auc_scores"])
     stored = {r["name"]: r["genes"] for r in results.read_regulons()}
@@ -196,16 +203,18 @@ def test_run_pipeline_equals_run_flashscenic(sim, store, tmp_path):
 def test_run_pipeline_resume_keeps_finished_stages(sim, store, tmp_path):
     data, paths = sim
     resources = prepare_resources(**resource_args(paths))
-    params = params_from({"device": "cpu", "seed": 4})
+    params = Params(device="cpu", seed=4, verbose=False)
     first = run_pipeline(store, tmp_path / "run", resources=resources, params=params,
-                         adjacencies=planted_adjacencies(data), verbose=False)
+                         adjacencies=planted_adjacencies(data))
     stamps = {s: first.stages[s]["at"] for s in ("grn", "pruning", "auc")}
-    again = run_pipeline(store, tmp_path / "run", resources=resources, params=params, resume=True, verbose=False,
-                         executor=InProcessExecutor())
+    again = run_pipeline(store, tmp_path / "run", resources=resources, params=params, resume=True,
+                         adjacencies=planted_adjacencies(data), executor=InProcessExecutor())
     assert {s: again.stages[s]["at"] for s in stamps} == stamps  # nothing recomputed
+    with pytest.raises(ValueError, match="other adjacency file \\(given before, none now\\)"):
+        run_pipeline(store, tmp_path / "run", resources=resources, params=params, resume=True)
     with pytest.raises(ValueError, match="other parameters"):
-        run_pipeline(store, tmp_path / "run", resources=resources, params=params_from({"device": "cpu", "seed": 5}),
-                     resume=True, verbose=False)
+        run_pipeline(store, tmp_path / "run", resources=resources, params=Params(device="cpu", seed=5, verbose=False),
+                     adjacencies=planted_adjacencies(data), resume=True)
 
 
 def test_partial_resource_paths_are_refused_not_downloaded(sim):
@@ -217,22 +226,54 @@ def test_partial_resource_paths_are_refused_not_downloaded(sim):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(seed=-1), "seed must be an integer >= 0"),
-    (dict(seed=2**32), "seed must be below 2\\*\\*32"),
+    (dict(seed=-1), "seed must be an integer in 0..4294967295 or None"),
+    (dict(seed=2**32), "seed must be an integer in 0..4294967295 or None"),
     (dict(aucell_auc_threshold=2.0), "aucell_auc_threshold must be a number in"),
     (dict(pruning_auc_threshold=0.0), "pruning_auc_threshold must be a number in"),
     (dict(grn_n_steps=0), "grn_n_steps must be an integer >= 1"),
     (dict(pruning_nes_threshold=float("nan")), "pruning_nes_threshold must be a finite number"),
+    (dict(aucell_auc_threshold=1.0), "aucell_auc_threshold must be a number in \\(0, 1\\)"),
+    (dict(module_percentile_thresholds=(150,)), "each of module_percentile_thresholds must be a number in \\[0, 100\\]"),
+    (dict(pruning_rank_threshold=10**6), "pruning_rank_threshold=1000000 must be below the"),
+    (dict(annotation_orthologous_identity=1.01), "annotation_orthologous_identity must be a number in \\[0, 1\\]"),
+    (dict(module_top_n_per_target=(0,)), "each of module_top_n_per_target must be an integer >= 1"),
+    (dict(device="gpu"), "device must be one of 'auto', 'cpu', 'cuda'"),
+    (dict(module_include_tf="yes"), "module_include_tf must be True or False"),
 ])
-def test_parameters_are_checked_before_any_work(sim, change, message):
+def test_parameters_are_checked_before_any_work(sim, change, message, monkeypatch):
+    """Refused before the GRN: training would raise, and the refusal takes well under 5 s."""
+    import time
+
+    import flashscenic.stages
+
+    def no_grn(*args, **kwargs):
+        raise AssertionError("the GRN ran before the parameters were checked")
+
+    monkeypatch.setattr(flashscenic.stages, "infer_weights", no_grn)
+    monkeypatch.setattr(flashscenic.pipeline, "infer_weights", no_grn)
     data, paths = sim
+    start = time.perf_counter()
     with pytest.raises(ValueError, match=message):
-        run_flashscenic(data.expression, data.gene_names, **resource_args(paths), device="cpu", verbose=False,
-                        **change)
+        run_flashscenic(data.expression, data.gene_names, **{"device": "cpu", **change}, **resource_args(paths),
+                        verbose=False)
+    assert time.perf_counter() - start < 5
 
 
-def test_verbose_false_silences_stage_messages(sim, tmp_path):
-    """In a fresh process without logging set up: verbose=True prints stages, verbose=False nothing."""
+def test_nan_in_a_matrix_is_refused_before_any_work(sim):
+    data, paths = sim
+    x = data.expression.astype(np.float32).copy()
+    x[7, 3] = np.nan
+    with pytest.raises(ValueError, match="1 NaN or infinite value\\(s\\), first at cell 7, gene 3"):
+        run_flashscenic(x, data.gene_names, **resource_args(paths), device="cpu", verbose=False)
+    import scipy.sparse as sp
+
+    with pytest.raises(ValueError, match="first at cell 7, gene 3"):
+        run_flashscenic(sp.csr_matrix(x), data.gene_names, **resource_args(paths), device="cpu", verbose=False)
+
+
+def test_logging_is_the_callers_and_verbose_false_is_quiet(sim, tmp_path):
+    """In a fresh process: the library adds no logging handler; with the caller's logging at
+    INFO, verbose=True logs the stages (logger flashscenic.pipeline) and verbose=False does not."""
     import subprocess
 
     data, paths = sim
@@ -240,20 +281,27 @@ def test_verbose_false_silences_stage_messages(sim, tmp_path):
     np.save(tmp_path / "x.npy", data.expression)
     (tmp_path / "genes.txt").write_text("\n".join(data.gene_names))
     code = f"""
+import logging, sys
 import numpy as np, pandas as pd
 from flashscenic import run_flashscenic
 x = np.load({str(tmp_path / "x.npy")!r}); genes = open({str(tmp_path / "genes.txt")!r}).read().split()
 run = dict(tf_list_path={str(paths["tf_list"])!r}, ranking_db_paths=[{str(paths["ranking_db"])!r}],
            motif_annotation_path={str(paths["motif_annotation"])!r}, device="cpu",
            adj_matrix=pd.read_csv({str(tmp_path / "adj.csv")!r}))
-import sys
+run_flashscenic(x, genes, **run, verbose=True)
+handlers = [h for name in ("", "flashscenic", "flashscenic.pipeline") for h in logging.getLogger(name).handlers]
+print("HANDLERS", len(handlers), file=sys.stderr, flush=True)
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 for verbose in (True, False, True, False):
     print("RUN", verbose, file=sys.stderr, flush=True)
     run_flashscenic(x, genes, **run, verbose=verbose)
 """
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True).stderr
-    runs = err.split("RUN ")[1:]
+    before, _, after = err.partition("HANDLERS ")
+    assert after.startswith("0\n"), err
+    assert "pruning done" not in before  # nothing printed without the caller's logging
+    runs = after.split("RUN ")[1:]
     assert [r.split()[0] for r in runs] == ["True", "False", "True", "False"]
     for text in runs:
-        said = "[flashscenic] pruning done" in text
+        said = "flashscenic.pipeline: pruning done" in text
         assert said == text.startswith("True"), text

@@ -240,3 +240,37 @@ def test_pruner_loads_through_the_cache_without_a_copy(tmp_path, monkeypatch):
     assert isinstance(kernel.database.ranks_by_gene, np.memmap)
     assert kernel.ranks_by_gene.data_ptr() == kernel.database.ranks_by_gene.ctypes.data  # the mapping itself
     assert torch.equal(kernel.ranks_by_gene, torch.from_numpy(ranks(n_motifs=20, n_genes=300).T.copy()))
+
+
+@pytest.mark.parametrize("failing", ["npy", "json"])
+def test_a_cache_write_failing_midway_leaves_the_previous_cache_and_no_partial_file(tmp_path, monkeypatch, failing):
+    path = write(tmp_path / "db.feather", ranks(seed=0))
+    read_ranking_database(path)
+    npy, meta = cache_files(path)
+    before = npy.read_bytes(), meta.read_bytes()
+    new = ranks(seed=1)
+    write(path, new)  # a changed source: the cache is rebuilt
+    with monkeypatch.context() as patch:
+        if failing == "npy":
+            def save(file, array, *args, **kwargs):
+                file.write(b"\x93NUMPY half a header")
+                raise OSError(28, "No space left on device")
+            patch.setattr(np, "save", save)
+        else:
+            real = Path.write_text
+
+            def write_text(self, text, *args, **kwargs):
+                real(self, text[: len(text) // 2], *args, **kwargs)
+                raise OSError(28, "No space left on device")
+            patch.setattr(Path, "write_text", write_text)
+        with pytest.warns(UserWarning, match="could not write the database cache"):
+            np.testing.assert_array_equal(read_ranking_database(path).rankings, new)
+    if failing == "npy":
+        assert (npy.read_bytes(), meta.read_bytes()) == before
+    else:
+        assert meta.read_bytes() == before[1]
+        np.testing.assert_array_equal(np.load(npy), new.T)  # the new ranks, whole; the stale record: rebuilt later
+    assert [p.name for p in tmp_path.iterdir() if ".partial" in p.name or p.name.endswith(".tmp")] == []
+    np.testing.assert_array_equal(read_ranking_database(path).rankings, new)  # the next read repairs the cache
+    np.testing.assert_array_equal(np.load(npy), new.T)
+    assert json.loads(meta.read_text())["source"]["sha1"] == rankdb._sha1_of(path)

@@ -268,6 +268,32 @@ def test_not_gzip(tmp_path):
         read_motifs_csv(path)
 
 
+@pytest.mark.parametrize("name", ["reg.csv", "reg.csv.gz"])
+def test_not_utf8_names_the_file_and_line(tmp_path, name):
+    content = (HEADER + GOOD_ROW + GOOD_ROW.replace("ann,", "caf\xe9,")).encode("latin-1")  # line 5
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(content) if name.endswith(".gz") else content)
+    with pytest.raises(InputError, match=rf"reg.csv {re.escape(repr(str(path)))} is not UTF-8 text: line 5 .*0xe9"):
+        read_motifs_csv(path)
+
+
+@pytest.mark.parametrize("name", ["reg.csv", "reg.csv.gz"])
+def test_a_write_failing_midway_leaves_the_previous_file(tmp_path, monkeypatch, name):
+    path = tmp_path / name
+    write_motifs_csv(random_table(1), path)
+    before = path.read_bytes()
+
+    def to_csv(self, handle, *args, **kwargs):
+        handle.write(",,Enrich")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
+    with pytest.raises(OSError, match="No space left"):
+        write_motifs_csv(random_table(2), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no partial file beside it
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

@@ -321,3 +321,59 @@ def test_report_renders_in_headless_chromium(full_report, tmp_path):
     assert np.unique(packed).size > 200  # the heatmaps' colour maps, text, backgrounds
     # the header bar (dark blue) is painted at the top: the page's CSS was applied
     assert np.allclose(rgb[10, width // 2], [0x1F / 255, 0x3B / 255, 0x57 / 255], atol=0.05)
+
+
+def test_the_runs_stored_rss_and_label_column_are_shown_by_default(tmp_path, monkeypatch):
+    store = make_store(tmp_path, motifs=False, timings=False)
+    clusters = np.where(np.arange(store.n_cells) % 2, "k2", "k1")
+    store.write_cell_labels(pd.DataFrame({"cluster": clusters}))  # a second label column, after 'cell_type'
+    names = store.regulon_names
+    rss = pd.DataFrame(0.125, index=pd.Index(["k1", "k2"], name="cell_type"), columns=names)
+    rss.loc["k1", "Tf4(+)"], rss.loc["k2", "Tf7(+)"] = 0.987, 0.876  # numbers no computation gives here
+    store.write_table("rss", rss.reset_index())
+    store.mark_complete("rss", cell_type_column="cluster")
+
+    from flashscenic import rss as rss_module
+
+    monkeypatch.setattr(rss_module, "regulon_specificity_scores",
+                        lambda *a, **k: pytest.fail("the report recomputed the RSS the run stored"))
+    for text in (write_report(store, tmp_path / "a.html", top_n=2).read_text(),
+                 write_report(store, tmp_path / "b.html", top_n=2, cell_type_column="cluster").read_text()):
+        assert re.findall(r"<tr><td>(k1|k2)</td><td>45</td>", text) == ["k1", "k2"]
+        assert re.search(r"<tr><td>k1</td><td>45</td><td>Tf4\(\+\) \(0\.987\), [^<]*\(0\.125\)</td>", text)
+        assert re.search(r"<tr><td>k2</td><td>45</td><td>Tf7\(\+\) \(0\.876\)", text)
+        assert "column &#x27;cluster&#x27; of the results store&#x27;s cells table; the RSS the run stored." in text
+    monkeypatch.undo()
+    text = write_report(store, tmp_path / "c.html", top_n=2, cell_type_column="cell_type").read_text()
+    assert re.findall(r"<tr><td>([^<]+)</td><td>30</td>", text) == TYPES  # another column: computed
+    assert "0.987" not in text and "the RSS the run stored" not in text
+    text = write_report(store, tmp_path / "d.html", cell_types=clusters).read_text()  # given labels: computed
+    assert re.findall(r"<tr><td>(k1|k2)</td><td>45</td>", text) == ["k1", "k2"] and "0.987" not in text
+
+
+def test_the_report_uses_rss_by_label(tmp_path, monkeypatch):
+    from flashscenic import rss as rss_module
+
+    store = make_store(tmp_path, motifs=False, timings=False)
+    calls = []
+    real = rss_module.rss_by_label
+    monkeypatch.setattr(rss_module, "rss_by_label", lambda auc, labels: calls.append(labels) or real(auc, labels))
+    write_report(store, tmp_path / "r.html")
+    assert len(calls) == 1 and len(calls[0]) == store.n_cells
+
+
+def test_a_report_write_failing_midway_leaves_the_previous_report(tmp_path, monkeypatch):
+    store = make_store(tmp_path, motifs=False, timings=False)
+    path = write_report(store, tmp_path / "r.html")
+    before = path.read_bytes()
+    real = Path.write_text
+
+    def write_text(self, text, *args, **kwargs):
+        real(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    with pytest.raises(OSError, match="No space left"):
+        write_report(store, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html", "results.zarr"]  # no partial file

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from flashscenic.errors import InputError
-from flashscenic.rss import regulon_specificity_scores
+from flashscenic.rss import regulon_specificity_scores, rss_by_label
 from pyscenic_oracle import pyscenic_rss
 
 TOL = 1e-12
@@ -134,3 +134,37 @@ def test_error_for_labels_of_other_cells():
         regulon_specificity_scores(frame, other)
     with pytest.raises(InputError, match="regulon_names"):
         regulon_specificity_scores(frame.to_numpy(), labels.to_numpy(), regulon_names=["a"])
+
+
+def test_rss_by_label_leaves_out_cells_without_a_label_and_compares_labels_as_text():
+    frame, labels = random_case(4)
+    labels = labels.rename("cell_type").astype(object)
+    labels.iloc[::5] = None
+    labels.iloc[1::7] = np.nan
+    shuffled = labels.sample(frac=1.0, random_state=1)  # aligned by index
+    got = quiet(rss_by_label, frame, shuffled)
+    kept = labels.notna()
+    expected = quiet(regulon_specificity_scores, frame[kept], labels[kept].astype(str))
+    pd.testing.assert_frame_equal(got, expected.rename_axis("cell_type"))
+    assert got.index.name == "cell_type" and list(got.columns) == list(frame.columns)
+
+    mixed = pd.Series(([1, "1", "b", None] * len(frame))[: len(frame)], index=frame.index, dtype=object, name="k")
+    by_text = quiet(rss_by_label, frame, mixed)  # 1 and "1" are one cell type
+    kept = mixed.notna()
+    assert list(by_text.index) == ["1", "b"] and by_text.index.name == "k"
+    pd.testing.assert_frame_equal(by_text, quiet(regulon_specificity_scores, frame[kept], mixed[kept].astype(str))
+                                  .rename_axis("k"))
+    positional = quiet(rss_by_label, frame, labels.reset_index(drop=True))  # a RangeIndex: by position
+    pd.testing.assert_frame_equal(positional, got)
+
+
+def test_rss_by_label_errors():
+    frame, labels = random_case(2)
+    with pytest.raises(InputError, match="every cell's label in 'cell_type' is missing"):
+        rss_by_label(frame, pd.Series(None, index=frame.index, name="cell_type", dtype=object))
+    other = labels.copy()
+    other.index = [f"other{i}" for i in range(len(labels))]
+    with pytest.raises(InputError, match="does not match"):
+        rss_by_label(frame, other)
+    with pytest.raises(InputError, match="as a DataFrame"):
+        rss_by_label(frame.to_numpy(), labels)

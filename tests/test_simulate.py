@@ -259,3 +259,21 @@ def test_evaluate_rejects_malformed_regulons(data):
 def test_bad_arguments_raise_input_error(kwargs, message):
     with pytest.raises(InputError, match=message):
         simulate_dataset(**kwargs)
+
+
+def test_a_resource_write_failing_midway_leaves_the_previous_file(data, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    paths = data.write_resources(tmp_path)
+    before = {name: path.read_bytes() for name, path in paths.items()}
+    real = Path.write_text
+
+    def write_text(self, text, *args, **kwargs):  # the TF list is written last, after the database and annotation
+        real(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    with pytest.raises(OSError, match="No space left"):
+        simulate_dataset(**SMALL, seed=8).write_resources(tmp_path)
+    assert paths["tf_list"].read_bytes() == before["tf_list"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths.values())  # no partial file

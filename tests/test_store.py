@@ -1,7 +1,8 @@
-"""The expression store and the results store: every input format round-trips, bad input fails clearly.
+"""The expression store and the results store: every input format round-trips into the store.
 
 Round trips compare the values (as float32) and the names exactly, through our readers and
-through ``anndata.read_zarr``, which must open every expression store as AnnData.
+through ``anndata.read_zarr``, which must open every expression store as AnnData. The
+checks of bad input, common to ingest and ``read_expression``, are in test_io.py.
 """
 
 from __future__ import annotations
@@ -20,18 +21,19 @@ import pytest
 import scipy.sparse as sp
 import zarr
 
-from flashscenic.errors import FlashscenicError, InputError
+from flashscenic.errors import FlashscenicError, IncompleteStageError, InputError
 from flashscenic.store import (
     EXPRESSION_FORMAT,
+    STAGES,
     ExpressionStore,
     MissingFileError,
     ResultsStore,
-    _XWriter,
     create_results_store,
     ingest_expression,
     open_expression_store,
     open_results_store,
 )
+from flashscenic.store.expression import _XWriter
 
 N_CELLS, N_GENES = 203, 37
 
@@ -140,9 +142,9 @@ def test_compressions_round_trip(tmp_path, compression):
 @pytest.mark.parametrize("sparse_chunk", [97, 256, 10**6])
 def test_csr_values_cross_zarr_chunks(tmp_path, monkeypatch, sparse_chunk):
     """Blocks of rows end anywhere inside the fixed-size chunks of data/indices; only whole chunks are written."""
-    import flashscenic.store
+    import flashscenic.store.expression
 
-    monkeypatch.setattr(flashscenic.store, "_SPARSE_CHUNK", sparse_chunk)
+    monkeypatch.setattr(flashscenic.store.expression, "_SPARSE_CHUNK", sparse_chunk)
     x = make_counts()
     store = ingest_expression(sp.csr_matrix(x), tmp_path / "s.zarr", gene_names=gene_names(), chunk_rows=13,
                               verbose=False)
@@ -180,16 +182,6 @@ def test_h5ad_layer_and_log1p(tmp_path):
     expected = np.log1p(np.round(make_counts() * 2).astype(np.float32))
     np.testing.assert_array_equal(store_values(store), expected)
     assert store.metadata["layer"] == "counts" and store.metadata["log1p"] is True
-
-
-def test_h5ad_csc_is_read_whole_with_a_warning(tmp_path, caplog):
-    adata = make_adata()
-    adata.X = sp.csc_matrix(adata.X)
-    adata.write_h5ad(tmp_path / "in.h5ad")
-    with caplog.at_level("WARNING", logger="flashscenic.store"):
-        ingest_expression(tmp_path / "in.h5ad", tmp_path / "s.zarr", chunk_rows=30, verbose=False)
-    assert "CSC" in caplog.text
-    assert_store(tmp_path / "s.zarr", make_counts(), gene_names(), cell_names(), layout="csr")
 
 
 @pytest.mark.parametrize("backed", [False, True])
@@ -239,15 +231,6 @@ def test_text_round_trip(tmp_path, name, sep):
     frame.to_csv(tmp_path / name, sep=sep)
     ingest_expression(tmp_path / name, tmp_path / "s.zarr", chunk_rows=40, verbose=False)
     assert_store(tmp_path / "s.zarr", x, gene_names(), cell_names(), layout="dense")
-
-
-def test_text_keeps_names_as_text(tmp_path):
-    x = make_counts(5, 4)
-    (tmp_path / "in.csv").write_text(",NA,001,TRUE,1e3\n" + "".join(
-        f"{name},{','.join(str(v) for v in row)}\n" for name, row in zip(["007", "NA", "nan", "x", "1.0"], x)))
-    store = ingest_expression(tmp_path / "in.csv", tmp_path / "s.zarr", verbose=False)
-    assert store.gene_names.tolist() == ["NA", "001", "TRUE", "1e3"]
-    assert store.cell_names.tolist() == ["007", "NA", "nan", "x", "1.0"]
 
 
 def test_transposed_csv(tmp_path):
@@ -311,7 +294,7 @@ def test_store_attributes_are_stamped(tmp_path):
     assert meta["versions"]["zarr"] == zarr.__version__
 
 
-# --- readers -----------------------------------------------------------------------------
+# --- reading the store -------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -353,163 +336,7 @@ def test_store_pickles_small(csr_store):
     np.testing.assert_array_equal(again.read_rows(5, 9), make_counts()[5:9])
 
 
-# --- bad input ---------------------------------------------------------------------------
-
-
-def _bad_dense(kind):
-    x = make_counts()
-    if kind == "nan":
-        x[5, 7] = np.nan
-        x[5, 9] = np.nan
-        x[9, 1] = np.nan
-    elif kind == "inf":
-        x[12, 4] = -np.inf
-    return x
-
-
-@pytest.mark.parametrize(
-    "make, message",
-    [
-        pytest.param(None, "does not exist", id="missing-file"),
-        pytest.param(("junk.h5ad", b"not hdf5"), r"cannot open .*junk.h5ad as HDF5 \(h5ad\)", id="unreadable-h5ad"),
-        pytest.param(("junk.loom", b""), "cannot open .* as HDF5 \\(loom\\)", id="empty-loom"),
-        pytest.param(("x.xyz", b"a,b"), "cannot tell the format of .*x.xyz from its name", id="unknown-format"),
-        pytest.param(("e.csv", b""), "e.csv is empty", id="empty-csv"),
-        pytest.param(("dir.zarr", None), "cannot open .*dir.zarr as a zarr group", id="not-zarr"),
-    ],
-)
-def test_bad_files(tmp_path, make, message):
-    if make is None:
-        source = tmp_path / "absent.h5ad"
-    else:
-        source = tmp_path / make[0]
-        source.mkdir() if make[1] is None else source.write_bytes(make[1])
-    with pytest.raises(InputError, match=message):
-        ingest_expression(source, tmp_path / "s.zarr", verbose=False)
-    assert not (tmp_path / "s.zarr").exists()
-    no_leftovers(tmp_path)
-
-
-def test_missing_file_is_also_file_not_found(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        ingest_expression(tmp_path / "absent.csv", tmp_path / "s.zarr")
-    assert issubclass(MissingFileError, InputError)
-
-
-@pytest.mark.parametrize(
-    "kind, message",
-    [
-        pytest.param("nan", r"3 NaN or infinite value\(s\), first at cell 5 \('cell_0005'\), gene 7 \('Gene7'\): nan",
-                     id="nan"),
-        pytest.param("inf", r"1 NaN or infinite value\(s\), first at cell 12 \('cell_0012'\), gene 4 \('Gene4'\): -inf",
-                     id="inf"),
-    ],
-)
-@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "csr"])
-def test_nan_and_inf_are_counted_and_located(tmp_path, kind, message, sparse):
-    x = _bad_dense(kind)
-    with pytest.raises(InputError, match=message):
-        ingest_expression(sp.csr_matrix(x) if sparse else x, tmp_path / "s.zarr", gene_names=gene_names(),
-                          cell_names=cell_names(), chunk_rows=4, verbose=False)
-    assert not (tmp_path / "s.zarr").exists()
-    no_leftovers(tmp_path)
-
-
-def test_nan_in_a_late_chunk_of_a_csv(tmp_path):
-    x = make_counts()
-    x[150, 2] = np.nan
-    pd.DataFrame(x, index=cell_names(), columns=gene_names()).to_csv(tmp_path / "in.csv")
-    with pytest.raises(InputError, match=r"1 NaN .* cell 150 \('cell_0150'\), gene 2 \('Gene2'\)"):
-        ingest_expression(tmp_path / "in.csv", tmp_path / "s.zarr", chunk_rows=16, verbose=False)
-    assert not (tmp_path / "s.zarr").exists()
-    no_leftovers(tmp_path)
-
-
-def test_log1p_refuses_negative_values(tmp_path):
-    x = make_counts()
-    x[3, 8] = -1.5
-    with pytest.raises(InputError, match=r"log1p=True but .* 1 negative value\(s\), first at cell 3 .*gene 8"):
-        ingest_expression(x, tmp_path / "s.zarr", gene_names=gene_names(), log1p=True, verbose=False)
-
-
-@pytest.mark.parametrize("axis", ["genes", "cells"])
-def test_duplicate_names(tmp_path, axis):
-    adata = make_adata()
-    names = (adata.var_names if axis == "genes" else adata.obs_names).tolist()
-    names[5] = names[2]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # anndata's own notice about non-unique names
-        if axis == "genes":
-            adata.var_names = names
-        else:
-            adata.obs_names = names
-        adata.write_h5ad(tmp_path / "in.h5ad")
-    expected = r"var_names \(gene names\) has 1 duplicated name\(s\) \('Gene2' x2\)" if axis == "genes" else \
-        r"obs_names \(cell names\) has 1 duplicated name\(s\) \('cell_0002' x2\)"
-    with pytest.raises(InputError, match=expected):
-        ingest_expression(tmp_path / "in.h5ad", tmp_path / "s.zarr", verbose=False)
-    assert not (tmp_path / "s.zarr").exists()
-
-
-def test_duplicate_gene_in_csv_header(tmp_path):
-    (tmp_path / "in.csv").write_text(",A,B,A\nc1,1,2,3\nc2,4,5,6\n")
-    with pytest.raises(InputError, match=r"has 1 duplicated name\(s\) \('A' x2\)"):
-        ingest_expression(tmp_path / "in.csv", tmp_path / "s.zarr", verbose=False)
-
-
-def test_duplicate_cells_in_csv(tmp_path):
-    (tmp_path / "in.csv").write_text(",A,B\nc1,1,2\nc1,4,5\n")
-    with pytest.raises(InputError, match=r"cell names .* \('c1' x2\)"):
-        ingest_expression(tmp_path / "in.csv", tmp_path / "s.zarr", verbose=False)
-    assert not (tmp_path / "s.zarr").exists()
-    no_leftovers(tmp_path)
-
-
-@pytest.mark.parametrize(
-    "shape, message",
-    [
-        pytest.param((0, 5), "is empty", id="no-cells"),
-        pytest.param((5, 0), "is empty", id="no-genes"),
-        pytest.param((6, 5), "every value in .* is 0", id="all-zero"),
-    ],
-)
-def test_empty_matrix(tmp_path, shape, message):
-    with pytest.raises(InputError, match=message):
-        ingest_expression(np.zeros(shape, dtype=np.float32), tmp_path / "s.zarr", gene_names=gene_names(shape[1]),
-                          cell_names=cell_names(shape[0]), verbose=False)
-    assert not (tmp_path / "s.zarr").exists()
-    no_leftovers(tmp_path)
-
-
-def test_csv_with_header_only_is_empty(tmp_path):
-    (tmp_path / "in.csv").write_text(",A,B\n")
-    with pytest.raises(InputError, match="no cells"):
-        ingest_expression(tmp_path / "in.csv", tmp_path / "s.zarr", verbose=False)
-
-
-def test_genes_by_cells_is_named(tmp_path):
-    barcodes = [f"AAACCTGAGA{i:06d}".replace("0", "A").replace("1", "C")[:12] + "GTCA-1" for i in range(N_CELLS)]
-    barcodes = [f"{b[:-2]}{i}" for i, b in enumerate(barcodes)]  # unique
-    x = make_counts()
-    frame = pd.DataFrame(x.T, index=gene_names(), columns=barcodes)  # genes x cells
-    frame.to_csv(tmp_path / "in.csv")
-    with pytest.raises(InputError, match=r"looks like genes x cells.*transpose=True"):
-        ingest_expression(tmp_path / "in.csv", tmp_path / "s.zarr", chunk_rows=8, verbose=False)
-    ensembl = [f"ENSG{j:011d}" for j in range(N_GENES)]
-    with pytest.raises(InputError, match=r"rows are named like genes \(e.g. 'ENSG00000000000'\)"):
-        ingest_expression(x.T, tmp_path / "s.zarr", gene_names=cell_names(), cell_names=ensembl, verbose=False)
-    # transposed, both read as intended
-    store = ingest_expression(tmp_path / "in.csv", tmp_path / "s.zarr", transpose=True, verbose=False)
-    assert store.cell_names.tolist() == barcodes
-    no_leftovers(tmp_path)
-
-
-def test_gene_symbols_and_barcodes_the_right_way_round_pass(tmp_path):
-    barcodes = [f"ACGTACGTACGT{i:04d}-1" for i in range(N_CELLS)]
-    ensembl = [f"ENSMUSG{j:011d}" for j in range(N_GENES)]
-    store = ingest_expression(make_counts(), tmp_path / "s.zarr", gene_names=ensembl, cell_names=barcodes,
-                              verbose=False)
-    assert store.shape == (N_CELLS, N_GENES)
+# --- ingest options ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -534,22 +361,6 @@ def test_bad_options(tmp_path, options, message):
     with pytest.raises(InputError, match=message):
         ingest_expression(make_counts(), tmp_path / "s.zarr", verbose=False, **kwargs)
     assert not (tmp_path / "s.zarr").exists()
-
-
-def test_bad_file_options(tmp_path):
-    make_adata().write_h5ad(tmp_path / "in.h5ad")
-    with pytest.raises(InputError, match=r"no layer 'raw'; it has \['counts'\]"):
-        ingest_expression(tmp_path / "in.h5ad", tmp_path / "s.zarr", layer="raw")
-    with pytest.raises(InputError, match=r"no obs column\(s\) \['tissue'\]"):
-        ingest_expression(tmp_path / "in.h5ad", tmp_path / "s.zarr", obs_columns=["tissue"])
-    with pytest.raises(InputError, match="transpose=True works for CSV/TSV files only"):
-        ingest_expression(tmp_path / "in.h5ad", tmp_path / "s.zarr", transpose=True)
-    with pytest.raises(InputError, match="format='xlsx' is not one of"):
-        ingest_expression(tmp_path / "in.h5ad", tmp_path / "s.zarr", format="xlsx")
-    with pytest.raises(InputError, match="not a number"):
-        (tmp_path / "t.csv").write_text(",A,B\nc1,1,x\n")
-        ingest_expression(tmp_path / "t.csv", tmp_path / "s.zarr")
-    no_leftovers(tmp_path)
 
 
 # --- atomic writes -----------------------------------------------------------------------
@@ -653,7 +464,9 @@ def test_results_auc_chunks_resume(results):
         start, stop = results.auc_chunk_ranges()[index]
         open_results_store(results.path).write_auc_chunk(index, auc[start:stop])  # as another worker would
     results.finish_auc(seconds=0.25)
-    assert results.is_complete("auc") and results.timings["auc"] == 0.25
+    assert not results.is_complete("auc") and results.timings["auc"] == 0.25  # the run marks the stage
+    results.mark_complete("auc")
+    assert results.is_complete("auc")
     np.testing.assert_array_equal(results.read_auc(), auc)
     frame = results.read_auc(as_frame=True)
     assert frame.index.tolist() == cell_names() and frame.columns.tolist() == names
@@ -671,7 +484,6 @@ def test_results_tables_round_trip(results):
                                 "importance": [0.5, 1e-300, 12345.678901234567]})
     results.write_adjacencies(adjacencies)
     pd.testing.assert_frame_equal(results.read_adjacencies(), adjacencies, check_dtype=False)
-    assert results.is_complete("adjacencies")
 
     weights = np.random.default_rng(1).random((3, N_GENES), dtype=np.float32)
     results.write_tf_gene_weights(weights, ["Gene1", "Gene4", "Gene8"], gene_names())
@@ -692,6 +504,72 @@ def test_results_tables_round_trip(results):
     for row, regulon in zip(matrix, regulons):
         expected = dict(zip(regulon["genes"], regulon["weights"]))
         assert {genes[j]: float(row[j]) for j in np.flatnonzero(row)} == pytest.approx(expected)
+
+
+def test_writers_leave_no_stage_markers(results):
+    """Only the run knows when a stage is whole (e.g. pruning = motifs + regulons): writers mark nothing."""
+    results.write_adjacencies(pd.DataFrame({"TF": ["Gene1"], "target": ["Gene2"], "importance": [0.5]}))
+    results.write_tf_gene_weights(np.ones((1, N_GENES), dtype=np.float32), ["Gene1"], gene_names())
+    results.write_motifs(motif_table())
+    results.write_regulons(regulons_from_table())
+    results.write_auc(np.zeros((N_CELLS, 2), dtype=np.float32), ["A(+)", "B(+)"])
+    results.finish_auc(seconds=1.0)
+    assert results.stages == {}
+    assert not any(results.is_complete(stage) for stage in (*STAGES, "adjacencies", "motifs", "regulons"))
+
+
+def test_require_names_the_missing_stages_and_resume(results):
+    results.mark_complete("grn")
+    results.mark_complete("modules")
+    results.require("grn", "modules")
+    with pytest.raises(IncompleteStageError) as caught:
+        results.require("grn", "pruning", "auc")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "'pruning', 'auc'" in message and "'grn'" not in message
+    assert str(results.path) in message and "complete: grn, modules" in message
+    assert "flashscenic run ... --resume" in message and "run_pipeline(..., resume=True)" in message
+    assert isinstance(caught.value, InputError)  # one line on the command line, not a traceback
+    assert STAGES == ("grn", "modules", "pruning", "auc", "rss")
+
+
+def test_read_auc_of_an_incomplete_auc_is_refused(results):
+    results.init_auc(["A(+)", "B(+)"])
+    for index in (0, 2):
+        start, stop = results.auc_chunk_ranges()[index]
+        results.write_auc_chunk(index, np.ones((stop - start, 2)))
+    with pytest.raises(IncompleteStageError, match=r"5 of 7 chunk\(s\) are not written yet.*--resume"):
+        results.read_auc()
+    with pytest.raises(IncompleteStageError):
+        results.read_auc(as_frame=True)
+
+
+def test_run_folder_renamed_keeps_its_expression_store(tmp_path):
+    """A run folder holds expression.zarr beside results.zarr; it may be moved (staged, then renamed)."""
+    run = tmp_path / ".staging-run"
+    run.mkdir()
+    ingest_expression(make_counts(), run / "expression.zarr", gene_names=gene_names(), verbose=False)
+    create_results_store(run / "results.zarr", expression=run / "expression.zarr")
+    assert zarr.open_group(run / "results.zarr", mode="r").attrs["expression_store"] == "expression.zarr"
+    moved = tmp_path / "run"
+    run.rename(moved)
+    results = open_results_store(moved / "results.zarr")
+    assert results.expression_store == str((moved / "expression.zarr").resolve())
+    assert open_expression_store(results.expression_store).gene_names.tolist() == gene_names()
+    results.write_regulons(regulons_from_table())  # the weights take the genes of the expression store
+    assert results.read_regulon_weights()[2] == gene_names()
+    # elsewhere: recorded absolute
+    other = create_results_store(tmp_path / "other.zarr", expression=moved / "expression.zarr")
+    assert zarr.open_group(other.path, mode="r").attrs["expression_store"] == str((moved / "expression.zarr").resolve())
+    assert other.expression_store == str((moved / "expression.zarr").resolve())
+
+
+def test_overwrite_replaces_a_results_store_whole(tmp_path):
+    old = create_results_store(tmp_path / "r.zarr", cell_names=["a", "b"], parameters={"run": 1})
+    old.mark_complete("grn")
+    new = create_results_store(tmp_path / "r.zarr", cell_names=["c"], parameters={"run": 2}, overwrite=True)
+    assert new.parameters == {"run": 2} and new.stages == {} and new.cell_names.tolist() == ["c"]
+    no_leftovers(tmp_path)
 
 
 def test_results_store_is_refused_when_newer_or_foreign(results, tmp_path):
@@ -721,6 +599,12 @@ def test_bad_adjacencies(results, frame, message):
 
 
 # --- motif tables for the tests ------------------------------------------------------------
+
+
+def regulons_from_table() -> list[dict]:
+    from flashscenic.regulons import regulons_from_motifs
+
+    return regulons_from_motifs(motif_table())
 
 
 def motif_table() -> pd.DataFrame:
