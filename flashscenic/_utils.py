@@ -6,6 +6,7 @@ bad byte or a word in a number column is one clear line" hold everywhere alike.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import uuid
@@ -13,10 +14,12 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 from .errors import InputError, MissingFileError
 
-__all__ = ["atomic_path", "remove", "is_anndata", "check_unique", "read_text", "numeric_columns"]
+__all__ = ["atomic_path", "text_output", "remove", "is_anndata", "check_unique", "read_text", "refuse_non_utf8",
+           "numeric_columns"]
 
 
 @contextmanager
@@ -79,17 +82,49 @@ def check_unique(names: Sequence, what: str) -> None:
 
 
 def read_text(path: str | os.PathLike, what: str) -> str:
-    """A user's text file as UTF-8; a file that is not UTF-8 is refused naming its line and byte."""
+    """A user's text file (``.gz`` decompressed) as UTF-8; one that is not UTF-8 is refused naming
+    its line and byte."""
+    import gzip
+
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"{what} {str(path)!r} does not exist")
-    data = path.read_bytes()
+    compressed = path.name.endswith(".gz")
+    data = gzip.decompress(path.read_bytes()) if compressed else path.read_bytes()
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
-        raise InputError(f"{what} {str(path)!r} is not UTF-8 text: line {line} has the byte "
-                         f"0x{data[error.start]:02x}; save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+        raise InputError(f"{what} {str(path)!r} is not UTF-8 text: line {line}{' (decompressed)' if compressed else ''} "
+                         f"has the byte 0x{data[error.start]:02x}; save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                         ) from None
+
+
+def refuse_non_utf8(path: str | os.PathLike, what: str) -> NoReturn:
+    """Raise ``read_text``'s one line (file, line, byte) for a file a reader (pandas, csv) found not UTF-8."""
+    read_text(path, what)
+    raise InputError(f"{what} {str(path)!r} is not UTF-8 text; save it as UTF-8")
+
+
+@contextmanager
+def text_output(path: str | os.PathLike) -> Iterator[io.TextIOBase]:
+    """A UTF-8 text handle that writes ``path`` atomically, gzip-compressed if it ends in ``.gz``.
+
+    Readers never see half a file (``atomic_path``). The gzip header holds no file name and
+    no time stamp, so the same table always gives the same bytes.
+    """
+    import gzip
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw:
+        if os.fspath(path).endswith(".gz"):
+            with (
+                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as compressed,
+                io.TextIOWrapper(compressed, encoding="utf-8", newline="") as text,
+            ):
+                yield text
+        else:
+            with io.TextIOWrapper(raw, encoding="utf-8", newline="") as text:
+                yield text
 
 
 def numeric_columns(frame, columns: Sequence[str], path, what: str, first_line: int = 2) -> None:

@@ -40,7 +40,8 @@ from ._device import resolve_device
 from ._utils import numeric_columns
 from .errors import InputError, MissingFileError
 from .rankdb import RankingDatabase, read_ranking_database
-from .regulons import MOTIF_COLUMNS, refuse_non_utf8, regulons_from_motifs
+from ._utils import refuse_non_utf8
+from .regulons import MOTIF_COLUMNS, regulons_from_motifs
 
 __all__ = [
     "CisTargetPruner",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 import traceback
 import warnings
 from collections.abc import Sequence

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._utils import atomic_path
-from .errors import ChecksumError, DownloadError, FlashscenicError, InputError, ResourceNotFoundError  # noqa: F401 (re-exported)
+from .errors import ChecksumError, DownloadError, InputError, ResourceNotFoundError
 
 __all__ = [
     "DownloadedResources",

@@ -52,6 +52,7 @@ def run_demo(out: str | os.PathLike = "demo_out", *, n_cells: int = 5000, n_gene
     params = params.replace(tf_list_path=str(paths["tf_list"]), ranking_db_paths=(str(paths["ranking_db"]),),
                             motif_annotation_path=str(paths["motif_annotation"]))
     executor = start_executor(n_workers=n_workers, dashboard_address=dashboard_address, verbose=verbose)
+    executor_name = executor.name
     try:
         results = run_pipeline(adata, out, params=params, executor=executor, cell_type_column="cell_type",
                                overwrite=True)
@@ -65,7 +66,7 @@ def run_demo(out: str | os.PathLike = "demo_out", *, n_cells: int = 5000, n_gene
         "mean_target_jaccard": found["mean_target_jaccard"], "n_cells": results.n_cells, "n_genes": adata.n_vars,
         "n_regulons": len(regulons), "seconds": round(time.perf_counter() - start, 2),
         "stage_seconds": {k: round(v, 2) for k, v in results.timings.items()}, "seed": seed,
-        "grn_n_steps": grn_n_steps, "executor": executor.name,
+        "grn_n_steps": grn_n_steps, "executor": executor_name,
     }
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")

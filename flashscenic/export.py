@@ -39,10 +39,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._utils import atomic_path, check_unique, numeric_columns, read_text
+from ._utils import atomic_path, check_unique, numeric_columns, read_text, refuse_non_utf8, text_output
 from .errors import InputError, MissingFileError
 from .params import EXPORT_FORMATS
-from .regulons import refuse_non_utf8, text_output
 from .store import ExpressionStore, ResultsStore, create_results_store, open_expression_store, open_results_store
 from .store.results import _check_adjacencies, _parse_regulon_name, _regulon_frame
 

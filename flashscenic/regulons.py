@@ -32,21 +32,18 @@ from __future__ import annotations
 import ast
 import csv
 import gzip
-import io
 import logging
 import math
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Literal, NoReturn
+from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from ._utils import atomic_path, read_text
+from ._utils import refuse_non_utf8, text_output
 from .errors import InputError
 
 __all__ = [
@@ -205,45 +202,6 @@ def write_motifs_csv(table: pd.DataFrame, path: str | os.PathLike) -> None:
     )
     with text_output(path) as text:
         frame.to_csv(text, lineterminator="\n")
-
-
-@contextmanager
-def text_output(path: str | os.PathLike) -> Iterator[io.TextIOBase]:
-    """A UTF-8 text handle that writes ``path`` atomically, gzip-compressed if it ends in ``.gz``.
-
-    Readers never see half a file (``atomic_path``). The gzip header holds no file name and
-    no time stamp, so the same table always gives the same bytes.
-    """
-    with atomic_path(path) as tmp, open(tmp, "wb") as raw:
-        if os.fspath(path).endswith(".gz"):
-            with (
-                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as compressed,
-                io.TextIOWrapper(compressed, encoding="utf-8", newline="") as text,
-            ):
-                yield text
-        else:
-            with io.TextIOWrapper(raw, encoding="utf-8", newline="") as text:
-                yield text
-
-
-def refuse_non_utf8(path: str | os.PathLike, what: str) -> NoReturn:
-    """Raise the one line (file, line, byte) for a user's file a reader found not to be UTF-8.
-
-    Called on a reader's ``UnicodeDecodeError`` (pandas, csv): the plain file is decoded by
-    ``_utils.read_text``, which names the line; a ``.gz`` file is decoded decompressed.
-    """
-    path = Path(path)
-    if not path.name.endswith(".gz"):
-        read_text(path, what)
-    else:
-        data = gzip.decompress(path.read_bytes())
-        try:
-            data.decode("utf-8-sig")
-        except UnicodeDecodeError as error:
-            line = data.count(b"\n", 0, error.start) + 1
-            raise InputError(f"{what} {str(path)!r} is not UTF-8 text: line {line} (decompressed) has the byte "
-                             f"0x{data[error.start]:02x}; save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
-    raise InputError(f"{what} {str(path)!r} is not UTF-8 text; save it as UTF-8")
 
 
 def _format_context(context: Iterable[str]) -> str:
