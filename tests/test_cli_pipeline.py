@@ -46,11 +46,13 @@ def one_line_error(capsys, argv, message):
     assert not any(line.startswith("Traceback") for line in err)
 
 
-def test_demo_small(tmp_path, capsys):
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_demo_small(tmp_path, capsys, workers):
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--n-cells", "800", "--n-genes", "400", "--n-tfs", "8", "--grn-n-steps", "60",
-            "--n-workers", "0", "--device", "cpu", "--quiet"]
+            "--n-workers", workers, "--device", "cpu", "--quiet", "--dashboard-address", "none"]
     assert main(argv) == 0
+    assert main(argv) == 0  # a second demo replaces the first
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     for key in ("planted_tfs", "recovered_tfs", "precision", "recall", "mean_target_jaccard", "n_cells", "n_genes",
@@ -62,6 +64,7 @@ def test_demo_small(tmp_path, capsys):
     assert all(tf in printed for tf in summary["planted_tfs"])
     assert (out / "report.html").stat().st_size > 10_000
     assert open_results_store(out / "results.zarr").is_complete("rss")
+    assert summary["executor"] == "in process" if workers == "0" else summary["executor"].startswith("LocalCluster")
 
 
 def test_demo_bad_sizes(capsys, tmp_path):
