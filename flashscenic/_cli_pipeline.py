@@ -62,17 +62,21 @@ def add_parameter_flags(group, groups: tuple[str, ...]) -> None:
             group.add_argument(flag, choices=meta["choices"], **options)
         elif kind is str:
             group.add_argument(flag, metavar="FILE" if spec.name.endswith("_path") else None, **options)
-        else:
-            group.add_argument(flag, type=_number(kind), metavar="N", **options)
+        else:  # a parameter whose API default is None takes 'none' too
+            optional = spec.default is None
+            group.add_argument(flag, type=_number(kind, optional), metavar="N|none" if optional else "N", **options)
 
 
-def _number(kind: type):
-    """An argparse type that names the expected kind of number in its error."""
+def _number(kind: type, optional: bool = False):
+    """An argparse type that names the expected kind of number in its error; 'none' is None when optional."""
     def convert(text: str):
+        if optional and text.lower() == "none":
+            return None
         try:
             return kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+            expected = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {expected}{' or none' if optional else ''}, got {text!r}")
     convert.__name__ = kind.__name__
     return convert
 
@@ -116,13 +120,15 @@ def _add_run(commands, common) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="the run folder (created)")
     parser.add_argument("--adjacencies", metavar="FILE", help="skip GRN inference: use these pySCENIC/GRNBoost2 "
                         "adjacencies (TF, target, importance)")
-    parser.add_argument("--cell-type-column", metavar="NAME", help="obs column with cell types (kept in the "
-                        "store; used for RSS and the report; default: the store's first label column)")
+    parser.add_argument("--cell-type-column", metavar="NAME", help="obs column with cell types, kept in the run "
+                        "and used for RSS and the report (default: for an expression-store INPUT, its first "
+                        "non-numeric label column; a file's labels are kept only when named here)")
     parser.add_argument("--no-report", dest="report", action="store_false", help="do not write report.html")
     life = parser.add_mutually_exclusive_group()
-    life.add_argument("--resume", action="store_true", help="continue the run in DIR: finished stages and AUC "
-                      "chunks are kept; refused, naming what changed, if the input, adjacencies, input flags, "
-                      "resources or parameters differ")
+    life.add_argument("--resume", action="store_true", help="continue the run in DIR made with these settings (an "
+                      "interrupted one, else the finished one): finished stages and AUC chunks are kept; refused, "
+                      "naming what changed, if the input, adjacencies, input flags, resources or parameters differ; "
+                      "an empty DIR starts the run")
     life.add_argument("--overwrite", action="store_true", help="replace the run in DIR (kept until the new run "
                       "succeeds)")
     _input_flags(parser)

@@ -136,7 +136,7 @@ def path_fingerprint(path: str | os.PathLike) -> dict:
 
 
 def content_fingerprint(*parts) -> dict:
-    """The SHA-1 of in-memory data (arrays, sparse matrices, DataFrames, name lists)."""
+    """The SHA-1 of in-memory data: numeric arrays, sparse matrices, DataFrames, lists of names."""
     import numpy as np
     import pandas as pd
     import scipy.sparse as sp
@@ -150,11 +150,14 @@ def content_fingerprint(*parts) -> dict:
         elif isinstance(part, pd.DataFrame):
             digest.update(pd.util.hash_pandas_object(part, index=False).to_numpy().view(np.uint8))
             digest.update("\0".join(map(str, part.columns)).encode())
-        elif isinstance(part, np.ndarray) and part.dtype != object:
+        elif isinstance(part, np.ndarray) and np.issubdtype(part.dtype, np.number):
             digest.update(np.ascontiguousarray(part).view(np.uint8))
             digest.update(str(part.shape).encode())
-        else:
+        elif isinstance(part, (list, tuple)) and all(isinstance(p, (str, int)) for p in part):
             digest.update("\0".join(map(str, part)).encode())
+        else:
+            raise InputError(f"cannot fingerprint a {type(part).__name__} for --resume; give a numpy array, a "
+                             "scipy.sparse matrix or a file")
     return {"sha1": digest.hexdigest()}
 
 

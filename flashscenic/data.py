@@ -44,6 +44,7 @@ from pathlib import Path
 
 from ._utils import atomic_path
 from .errors import ChecksumError, DownloadError, InputError, ResourceNotFoundError
+from .params import DEFAULT_DATASOURCE, DEFAULT_SPECIES, DEFAULT_VERSION
 
 __all__ = [
     "DownloadedResources",
@@ -329,9 +330,10 @@ def _resolve_base_url(base_url: str | None, default: str) -> str:
 # ----------------------------------------------------------------------------- public entry points
 
 
-def download_data(species: str = "human", version: str = "v10", datasource: str = "scenic", cache_dir=None,
-                  force: bool = False, *, base_url: str | None = None, offline: bool | None = None,
-                  timeout: float = 60.0, retries: int = 5, verbose: bool = True) -> DownloadedResources:
+def download_data(species: str = DEFAULT_SPECIES, version: str = DEFAULT_VERSION,
+                  datasource: str = DEFAULT_DATASOURCE, cache_dir=None, force: bool = False, *,
+                  base_url: str | None = None, offline: bool | None = None, timeout: float = 60.0,
+                  retries: int = 5, verbose: bool = True) -> DownloadedResources:
     """Download (or find in the cache) the ranking databases, motif annotation and TF list of a set.
 
     Every file is verified before it is used: against the SHA-1 the server publishes in

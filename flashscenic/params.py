@@ -24,6 +24,7 @@ from .errors import InputError
 
 __all__ = ["Params", "DEVICES", "MERGE_STRATEGIES", "EXPORT_FORMATS", "CLI_DEFAULTS", "DEFAULT_DASHBOARD"]
 
+DEFAULT_SPECIES, DEFAULT_VERSION, DEFAULT_DATASOURCE = "human", "v10", "scenic"  # of downloaded resources
 DEVICES = ("auto", "cpu", "cuda")
 MERGE_STRATEGIES = ("union", "best")
 DEFAULT_DASHBOARD = ":8787"  # the embedded Dask cluster's dashboard (127.0.0.1:8787, or a free port)
@@ -151,11 +152,11 @@ class Params:
     ``run_flashscenic``; ``grn_max_cells`` is the store pipeline's own.
     """
 
-    species: str = _param("human", "Species of the downloaded resources: 'human', 'mouse' or 'drosophila'.",
+    species: str = _param(DEFAULT_SPECIES, "Species of the downloaded resources: 'human', 'mouse' or 'drosophila'.",
                           _text(False), group="resources")
-    datasource: str = _param("scenic", "Resource registry used when a resource path is not given (see "
+    datasource: str = _param(DEFAULT_DATASOURCE, "Resource registry used when a resource path is not given (see "
                              "download_data).", _text(False), group="resources")
-    version: str = _param("v10", "Motif collection of the downloaded resources ('v10' or 'v9').", _text(False),
+    version: str = _param(DEFAULT_VERSION, "Motif collection of the downloaded resources ('v10' or 'v9').", _text(False),
                           group="resources")
     cache_dir: str | None = _param(None, "Cache of downloaded resources (default $FLASHSCENIC_CACHE, else "
                                    "./flashscenic_data).", _text(), group="resources", result=False)

@@ -22,9 +22,11 @@ Every ``flashscenic`` command is one call of a public function; ``flashscenic ru
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -243,8 +245,9 @@ def run_pipeline(
         How to read a file input: an AnnData/loom layer instead of X, log1p of raw counts, a
         genes x cells CSV/TSV. They do not apply to an expression store (fixed at its ingest).
     cell_type_column
-        The cell-label column (kept in the store) for RSS and the report; default: the
-        store's first label column, if any.
+        The cell-label column (kept in the run) for RSS and the report; default: for an
+        expression-store input, its first non-numeric label column (a file's or AnnData's
+        labels are kept only when named).
     executor
         Where tasks run: an executor (``flashscenic.distributed.start_executor(...)``; left
         open, the caller closes what it started), or a function that starts one (e.g.
@@ -256,10 +259,11 @@ def run_pipeline(
     n_prune_shards
         TF shards per ranking database (default: the executor's concurrent tasks).
     resume
-        Continue the run in ``out`` (an interrupted one, or complete a finished one):
-        finished stages and AUC chunks are kept. Refused, naming what changed, when the
-        input, adjacencies, input flags, resources or parameters differ from the run's.
-        A seed of None takes the run's recorded seed.
+        Continue the run in ``out`` made with these settings (an interrupted one first, else
+        the finished one, which is completed: e.g. its report): finished stages and AUC
+        chunks are kept. Refused, naming what changed for each run, when the input,
+        adjacencies, input flags, resources or parameters differ. A seed of None takes the
+        run's recorded seed. An empty ``out`` starts the run.
     overwrite
         Replace the run in ``out``; the old one stays intact until the new one succeeds.
     report
@@ -284,46 +288,57 @@ def run_pipeline(
     if resume and overwrite:
         raise InputError("resume and overwrite exclude each other: resume continues the run in the folder, "
                          "overwrite replaces it")
-    source = _Input(input, layer=layer, log1p=log1p, transpose=transpose, cell_type_column=cell_type_column)
+    folder = _runfolder.RunFolder(out)
+    source = _Input(input, folder, layer=layer, log1p=log1p, transpose=transpose, cell_type_column=cell_type_column)
     adjacency_table, adjacency_print = _adjacencies(adjacencies)
     if adjacency_table is None:
         require_regdiffusion()
-    folder = _runfolder.RunFolder(out)
-    start_executor = executor if isinstance(executor, type) or (executor is not None and not hasattr(executor, "map")) else None
+    start_executor = _executor_starter(executor)
     with folder.lock(), contextlib.ExitStack() as cleanup:
-        work = _open_work(folder, resume=resume, overwrite=overwrite)
-        previous = _recorded(work)
-        if previous is not None and params.seed is None:
-            params = params.replace(seed=previous["params"].get("seed"))
-        params = params.with_seed()
+        candidates = _existing_runs(folder, resume=resume, overwrite=overwrite)
         resources = resources or resources_of(params)
         tf_names = resources.check(source.gene_names(), params)  # before any ingest or download of data
-        fingerprint = {"input": source.fingerprint(), "adjacencies": adjacency_print,
-                       "input_flags": source.flags, "resources": _resource_prints(resources),
-                       "params": params.as_dict(results_only=True)}
-        if previous is not None:
-            changed = _runfolder.changes(previous.get("fingerprint", {}), fingerprint)
-            if changed:
-                raise ResumeMismatchError(f"cannot resume {folder.path}: it was made with other "
-                                          f"{', and other '.join(changed)}; run with the run's settings, or "
-                                          "with overwrite (--overwrite) to replace it")
-            logger.info("resuming %s", folder.path)
-        if start_executor is not None:
-            executor = cleanup.enter_context(_closing(start_executor()))
+        fingerprint = {"input": source.fingerprint(), "adjacencies": adjacency_print, "input_flags": source.flags,
+                       "resources": _resource_prints(resources)}
+        if candidates:
+            work, params, previous = _matching_run(folder, candidates, params, fingerprint)
+            logger.info("resuming %s", work)
+        else:
+            work, params, previous = folder.start_afresh(), params.with_seed(), None
+        fingerprint["params"] = _result_params(params)
+        executor = cleanup.enter_context(_closing(start_executor())) if start_executor else executor
         executor = executor or InProcessExecutor()
         store = source.expression_store(work, params.verbose)
         results = _results_store(work, store, previous, executor, chunk_cells,
                                  {"params": params.as_dict(), "resources": resources.as_parameters(),
-                                  "input": source.description, "fingerprint": fingerprint})
+                                  "input": source.description, "fingerprint": fingerprint,
+                                  "run_id": uuid.uuid4().hex})
         _stages(results, store, tf_names, params, resources, adjacency_table, executor, n_prune_shards)
         _rss(results, source.cell_type_column)
-        if report and not (work / _runfolder.REPORT).exists():
-            from .report import write_report
-
-            write_report(results, work / _runfolder.REPORT)
         if work == folder.partial:
             folder.publish()
-    return _open_results(folder.path / _runfolder.RESULTS)
+        results = _open_results(folder.path / _runfolder.RESULTS)
+        if report and not (folder.path / _runfolder.REPORT).exists():  # after the swap: it names the final paths
+            from .report import write_report
+
+            write_report(results, folder.path / _runfolder.REPORT)
+    return results
+
+
+def _executor_starter(executor):
+    """A function that starts the executor after the checks, or None when ``executor`` is one already."""
+    from .executors import Executor
+
+    if executor is None or isinstance(executor, Executor) and not isinstance(executor, type):
+        return None
+    if type(executor).__name__ == "Client" and hasattr(executor, "scheduler_info"):  # a distributed.Client
+        from .distributed import start_executor
+
+        return functools.partial(start_executor, client=executor)
+    if callable(executor):
+        return executor
+    raise InputError(f"executor must be an executor (flashscenic.distributed.start_executor(...)), a function that "
+                     f"starts one, or a distributed.Client; got {executor!r}")
 
 
 @contextlib.contextmanager
@@ -340,28 +355,46 @@ def _open_results(path):
     return open_results_store(path)
 
 
-def _open_work(folder: _runfolder.RunFolder, *, resume: bool, overwrite: bool) -> Path:
-    """The folder this run writes: the finished run (resume), the interrupted one (resume), or a fresh stage."""
+def _existing_runs(folder: _runfolder.RunFolder, *, resume: bool, overwrite: bool) -> list[Path]:
+    """The runs ``resume`` may continue (the interrupted one first); none for a new run.
+
+    Without ``resume`` or ``overwrite`` a folder that holds a run is refused.
+    """
+    runs = [p for p, there in [(folder.partial, folder.interrupted), (folder.path, folder.finished)] if there]
     if resume:
-        if folder.interrupted:
-            return folder.partial
-        if folder.finished:
-            return folder.path
-        logger.info("nothing to resume in %s: starting the run", folder.path)
-        return folder.start_afresh()
-    if (folder.finished or folder.interrupted) and not overwrite:
+        if not runs:
+            logger.info("nothing to resume in %s: starting the run", folder.path)
+        return runs
+    if runs and not overwrite:
         what = "a finished run" if folder.finished else "an interrupted run"
         raise RunExistsError(f"{folder.path} holds {what}; resume it (--resume: same settings, finished stages "
                              "kept) or replace it (--overwrite: the old run is kept until the new one succeeds), "
                              "or choose another output folder")
-    return folder.start_afresh()
+    return []
 
 
-def _recorded(work: Path) -> dict | None:
-    """The parameters and fingerprint recorded by the run in ``work``, if one was started there."""
-    if not (work / _runfolder.RESULTS).exists():
-        return None
-    return _open_results(work / _runfolder.RESULTS).parameters
+def _matching_run(folder, candidates: list[Path], params: Params, fingerprint: dict):
+    """(folder, params, recorded parameters) of the first run made with these settings.
+
+    A seed of None takes each run's recorded seed. When none matches, the refusal names
+    what changed for each run (an interrupted overwrite and the finished run it was to replace).
+    """
+    refusals = []
+    for work in candidates:
+        recorded = _open_results(work / _runfolder.RESULTS).parameters
+        tried = params if params.seed is not None else params.replace(seed=recorded.get("params", {}).get("seed"))
+        changed = _runfolder.changes(recorded.get("fingerprint", {}), {**fingerprint, "params": _result_params(tried)})
+        if not changed:
+            return work, tried, recorded
+        which = "the interrupted run in " + str(work) if work == folder.partial else "the finished run"
+        refusals.append(f"{which} was made with other {', and other '.join(changed)}")
+    raise ResumeMismatchError(f"cannot resume {folder.path}: {'; '.join(refusals)}; run with that run's settings, "
+                              "or with overwrite (--overwrite) to replace it")
+
+
+def _result_params(params: Params) -> dict:
+    """The parameters that can change the numbers, less the resource paths (fingerprinted by content)."""
+    return {k: v for k, v in params.as_dict(results_only=True).items() if k not in Params.names(group="resources")}
 
 
 def _resource_prints(resources: Resources) -> dict:
@@ -390,7 +423,7 @@ class _Input:
     fingerprint, and the expression store the stages read (ingested into the run folder
     unless the input is a store)."""
 
-    def __init__(self, input, *, layer, log1p, transpose, cell_type_column):
+    def __init__(self, input, folder: _runfolder.RunFolder, *, layer, log1p, transpose, cell_type_column):
         from .store import ExpressionStore, is_expression_store, open_expression_store
 
         self.input, self.cell_type_column = input, cell_type_column
@@ -407,7 +440,16 @@ class _Input:
         elif not is_anndata(input):
             raise InputError(f"input must be an expression file, an AnnData or an expression store, got "
                              f"{type(input).__name__}; for an in-memory matrix use run_flashscenic")
+        else:
+            if layer is not None and layer not in input.layers:
+                raise InputError(f"the AnnData has no layer {layer!r}; its layers are {list(input.layers)}")
+            if cell_type_column is not None and cell_type_column not in input.obs.columns:
+                raise InputError(f"the AnnData has no obs column {cell_type_column!r}; it has "
+                                 f"{list(input.obs.columns)}")
         if self.store is not None:
+            if folder.path.resolve() in self.store.path.resolve().parents:
+                raise InputError(f"the input store {self.store.path} lies in the run folder {folder.path}, which a "
+                                 "run replaces; give the original input file, or another output folder")
             given = [f"{k}={v!r}" for k, v in self.flags.items() if k != "cell_type_column" and v]
             if given:
                 raise InputError(f"{', '.join(given)} do not apply to an expression store (they were fixed when it "
@@ -435,6 +477,9 @@ class _Input:
                     "shape": list(self.store.shape), "nnz": meta.get("nnz")}
         if is_anndata(self.input):
             adata = self.input
+            if adata.isbacked:  # its matrix is its file's
+                return {**_runfolder.path_fingerprint(adata.filename),
+                        **_runfolder.content_fingerprint(list(adata.obs_names), list(adata.var_names))}
             matrix = adata.layers[self.flags["layer"]] if self.flags["layer"] else adata.X
             return _runfolder.content_fingerprint(matrix, list(adata.obs_names), list(adata.var_names))
         return _runfolder.path_fingerprint(self.input)
@@ -480,6 +525,7 @@ def _stages(results, store, tf_names, params: Params, resources: Resources, adja
 
     gene_names = [str(g) for g in store.gene_names]
     expression = str(Path(store.path).resolve())
+    run_id = results.parameters["run_id"]
     timer = _Timer(params.verbose)
     if results.is_complete("pruning"):
         pass  # the weights are needed by the modules only
@@ -488,8 +534,8 @@ def _stages(results, store, tf_names, params: Params, resources: Resources, adja
     else:
         with timer("grn"), executor.stage("grn"):
             if adjacencies is None:
-                [(weights, tf_rows)] = executor.map(grn_task, [(expression, tf_names, params)], description="GRN",
-                                                    gpu=True, verbose=False)
+                [(weights, tf_rows)] = executor.map(grn_task, [(expression, tf_names, params, run_id)],
+                                                    description="GRN", gpu=True, verbose=False)
             else:
                 weights, tf_rows = infer_weights(None, gene_names, tf_names, params, adjacencies=adjacencies)
             results.write_tf_gene_weights(weights, tf_rows, gene_names)
@@ -522,7 +568,7 @@ def _stages(results, store, tf_names, params: Params, resources: Resources, adja
             timer.log("AUCell: %d of %d chunks to score (%d cells each)", len(missing), n_chunks, results.chunk_rows)
             shared = executor.share(adjacency)
             executor.map(aucell_chunk_task, [(str(Path(results.path).resolve()), expression, i, shared,
-                                              params.replace(verbose=False)) for i in missing],
+                                              params.replace(verbose=False), run_id) for i in missing],
                          description="AUCell", gpu=True, verbose=params.verbose)
             del shared
             results.finish_auc()
@@ -537,12 +583,12 @@ def _mark(results, timer: _Timer, stage: str, **info) -> None:
 
 def _rss(results, cell_type_column: str | None) -> None:
     """RSS per cell type, computed once and stored with the label column it used."""
+    from .rss import default_label_column, rss_by_label
+
     cells = results.read_cells()
-    column = cell_type_column or next((c for c in cells.columns if c != "cell"), None)
+    column = cell_type_column or default_label_column(cells)
     if column is None or results.is_complete("rss"):
         return
-    from .rss import rss_by_label
-
     start = time.perf_counter()
     labels = cells.set_index("cell")[column]
     rss = rss_by_label(results.read_auc(as_frame=True), labels)

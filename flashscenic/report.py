@@ -41,6 +41,7 @@ import pandas as pd
 
 from ._utils import atomic_path
 from .errors import InputError, MissingFileError
+from .rss import default_label_column
 from .store import ResultsStore, open_expression_store, open_results_store
 
 __all__ = ["write_report"]
@@ -179,16 +180,15 @@ def _cell_labels(store: ResultsStore, cell_types, column: str | None) -> _Labels
         found = list(table.columns) + ([c for c in obs.columns if c not in table.columns] if obs is not None else [])
         raise InputError(f"no cell-label column {column!r}; the cells of {store.path} have {found or 'none'} "
                          "(store labels with ResultsStore.write_cell_labels, or pass cell_types=)")
-    for name in table.columns:
-        if not pd.api.types.is_float_dtype(table[name].dtype):
-            return _labels_from(table[name], f"column {name!r} of the results store's cells table "
-                                "(its first label column)")
+    name = default_label_column(table)
+    if name is not None:
+        return _labels_from(table[name], f"column {name!r} of the results store's cells table "
+                            "(its first label column)")
     obs = _expression_obs(store)
-    if obs is not None:
-        for name in obs.columns:
-            if not pd.api.types.is_float_dtype(obs[name].dtype):
-                return _labels_from(_align_obs(obs[name], cells),
-                                    f"obs column {name!r} of the expression store (its first label column)")
+    name = default_label_column(obs) if obs is not None else None
+    if name is not None:
+        return _labels_from(_align_obs(obs[name], cells),
+                            f"obs column {name!r} of the expression store (its first label column)")
     return None
 
 

@@ -26,7 +26,7 @@ from scipy.special import rel_entr
 
 from .errors import InputError
 
-__all__ = ["regulon_specificity_scores", "rss_by_label"]
+__all__ = ["regulon_specificity_scores", "rss_by_label", "default_label_column"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,13 @@ def regulon_specificity_scores(auc_matrix, cell_type_labels, regulon_names: Sequ
     rss = 1.0 - np.sqrt(js2 / 2.0)
     rss[:, empty] = np.nan
     return pd.DataFrame(rss, index=pd.Index(types, name=None), columns=pd.Index(regulons))
+
+
+def default_label_column(cells: pd.DataFrame) -> str | None:
+    """The label column used when none is named: the first that is not the cell names and not
+    floats (a float column such as ``n_counts`` is a measurement, not a cell type)."""
+    return next((str(c) for c in cells.columns if c != "cell" and not pd.api.types.is_float_dtype(cells[c].dtype)),
+                None)
 
 
 def rss_by_label(auc: pd.DataFrame, labels: pd.Series) -> pd.DataFrame:

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError, MissingDependencyError, MissingFileError
-from .params import Params
+from .params import DEFAULT_DATASOURCE, DEFAULT_SPECIES, DEFAULT_VERSION, Params
 
 __all__ = ["Resources", "prepare_resources", "infer_weights", "make_modules", "prune_task", "merge_pruned",
            "regulon_matrix", "aucell_block", "score_regulons", "require_regdiffusion",
@@ -44,9 +44,6 @@ def require_regdiffusion() -> None:
     except ImportError:
         raise MissingDependencyError("GRN inference needs regdiffusion (pip install regdiffusion), or pass adj_matrix= "
                           "(pySCENIC/GRNBoost2 adjacencies) to skip it") from None
-
-
-_OWN_HANDLER: list = []  # the handler added for a user who configured no logging
 
 
 # ----------------------------------------------------------------------------- resources
@@ -71,7 +68,7 @@ class Resources:
             if params.pruning_rank_threshold >= overlap.n_database_genes:
                 raise InputError(f"pruning_rank_threshold={params.pruning_rank_threshold} must be below the "
                                  f"{overlap.n_database_genes} genes of the ranking database {overlap.database}")
-        _annotation(str(self.motif_annotation), params.annotation_motif_similarity_fdr,
+        _annotation(str(self.motif_annotation), _stamp(self.motif_annotation), params.annotation_motif_similarity_fdr,
                     params.annotation_orthologous_identity)
         from .aucell import rank_cutoff
 
@@ -86,15 +83,22 @@ class Resources:
                 "motif_annotation_path": str(self.motif_annotation)}
 
 
+def _stamp(path) -> tuple[int, int]:
+    """Size and modification time: a file changed at the same path is read again by the caches."""
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
+
+
 @functools.lru_cache(maxsize=4)
-def _annotation(path: str, fdr: float, identity: float):
-    """The motif annotation, read once per process (by the early check, then by the pruners)."""
+def _annotation(path: str, stamp: tuple, fdr: float, identity: float):
+    """The motif annotation, read once per process and file version (by the early check, then the pruners)."""
     from .checks import check_motif_annotation
 
     return check_motif_annotation(path, fdr, identity)
 
 
-def prepare_resources(species: str = "human", *, datasource: str = "scenic", version: str = "v10", cache_dir=None,
+def prepare_resources(species: str = DEFAULT_SPECIES, *, datasource: str = DEFAULT_DATASOURCE,
+                      version: str = DEFAULT_VERSION, cache_dir=None,
                       tf_list_path=None, ranking_db_paths=None, motif_annotation_path=None,
                       verbose: bool = True) -> Resources:
     """The run's resources: the paths given, the rest downloaded (verified, cached) for ``species``.
@@ -218,7 +222,7 @@ def make_modules(weights: np.ndarray, tf_names: Sequence[str], gene_names: Seque
 
 
 @functools.lru_cache(maxsize=4)
-def _pruner(database_path: str, annotation_path: str, params: Params):
+def _pruner(database_path: str, annotation_path: str, params: Params, stamps: tuple):
     """One pruner per (database, annotation, parameters) per process: a worker loads a database once."""
     from .cistarget import CisTargetPruner
 
@@ -227,7 +231,7 @@ def _pruner(database_path: str, annotation_path: str, params: Params):
                              min_genes_per_regulon=params.pruning_min_genes,
                              merge_strategy=params.pruning_merge_strategy, verbose=params.verbose)
     pruner.load_database([database_path])
-    pruner.motif_annotations = _annotation(annotation_path, params.annotation_motif_similarity_fdr,
+    pruner.motif_annotations = _annotation(annotation_path, stamps[1], params.annotation_motif_similarity_fdr,
                                            params.annotation_orthologous_identity)
     pruner.filter_for_annotation = True
     return pruner
@@ -239,7 +243,7 @@ def prune_task(database_path: str, modules: Sequence, annotation_path: str, para
         from .regulons import MOTIF_COLUMNS
 
         return pd.DataFrame(columns=list(MOTIF_COLUMNS))
-    pruner = _pruner(str(database_path), str(annotation_path), params)
+    pruner = _pruner(str(database_path), str(annotation_path), params, (_stamp(database_path), _stamp(annotation_path)))
     return pruner.motif_table([m.genes for m in modules], [m.tf for m in modules], (),
                               weights_list=[m.weights for m in modules], contexts=[m.context for m in modules])
 
@@ -274,7 +278,8 @@ def _no_regulon_message(table, regulons, modules, params: Params, resources: Res
 
         unannotated = 0
         for db in resources.ranking_databases:
-            pruner = _pruner(str(db), str(resources.motif_annotation), params)
+            pruner = _pruner(str(db), str(resources.motif_annotation), params,
+                             (_stamp(db), _stamp(resources.motif_annotation)))
             database = pruner.kernels[0].database
             skipped = sum(mostly_absent(len(m), int(database.gene_indices(m.genes)[1].sum())) for m in modules)
             parts.append(f"{skipped} skipped in {db.name} (under 80% of their genes in it)")
@@ -352,8 +357,12 @@ def tf_shards(modules: Sequence, n_shards: int) -> list[list]:
     return shards
 
 
-def grn_task(expression_path: str, tf_names: Sequence[str], params: Params) -> tuple[np.ndarray, list[str]]:
-    """GRN on one worker: it samples up to ``grn_max_cells`` cells from the store itself."""
+def grn_task(expression_path: str, tf_names: Sequence[str], params: Params, run_id: str = "") -> tuple[np.ndarray, list[str]]:
+    """GRN on one worker: it samples up to ``grn_max_cells`` cells from the store itself.
+
+    ``run_id`` is part of the task's key (its arguments), so a task of an earlier run into
+    the same folder, still running on a worker, is never taken for this run's.
+    """
     import torch
 
     from .store import open_expression_store
@@ -373,11 +382,17 @@ def grn_task(expression_path: str, tf_names: Sequence[str], params: Params) -> t
 
 
 def aucell_chunk_task(results_path: str, expression_path: str, index: int, regulon_adjacency,
-                       params: Params) -> int:
-    """Score AUC chunk ``index`` from the expression store and write it into the results store."""
+                      params: Params, run_id: str | None = None) -> int:
+    """Score AUC chunk ``index`` from the expression store and write it into the results store.
+
+    With ``run_id``, refuse to write into a results store of another run: a task of a killed
+    run, still running on a worker, must not write into the next run built at the same path.
+    """
     from .store import open_expression_store, open_results_store
 
     results = open_results_store(results_path)
+    if run_id is not None and results.parameters.get("run_id") != run_id:
+        raise InputError(f"{results_path} now holds another run; this AUCell task of run {run_id} is obsolete")
     start, stop = results.auc_chunk_ranges()[index]
     store = open_expression_store(expression_path)
     block = store.read_rows(start, stop, "csr" if store.layout == "csr" else "dense")

@@ -168,6 +168,8 @@ def _read_auc_csv(path):
 
 def _labels(cell_types, column: str | None, results) -> pd.Series:
     """One label per cell (index: cell names), from a file, a Series, or the results store's cells."""
+    from .rss import default_label_column
+
     if isinstance(cell_types, pd.Series):
         return cell_types
     if cell_types is not None:
@@ -185,7 +187,7 @@ def _labels(cell_types, column: str | None, results) -> pd.Series:
         raise InputError("no cell labels: give --cell-types FILE (or a results store whose cells carry labels)")
     if table.shape[1] == 0:
         raise InputError(f"no cell labels in {where}: give --cell-types FILE")
-    column = column or table.columns[0]
+    column = column or default_label_column(table) or table.columns[0]
     if column not in table.columns:
         raise InputError(f"no column {column!r} in {where}; there are {list(table.columns)}")
     if not table.index.is_unique:

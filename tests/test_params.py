@@ -63,6 +63,10 @@ def test_parsed_flags_give_params_equal_to_the_api_defaults_but_the_declared_one
     params = params_from_args(args)
     assert params.module_percentile_thresholds == (50.0, 90.0) and params.module_include_tf is False
     assert params.ranking_db_paths == ("a.feather", "b.feather")
+    args = _parser().parse_args(["run", "in.h5ad", "--out", "x", "--grn-max-cells", "none", "--aucell-k", "10"])
+    assert params_from_args(args).grn_max_cells is None and params_from_args(args).aucell_k == 10
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["run", "in.h5ad", "--out", "x", "--module-k", "none"])  # not optional
 
 
 @pytest.mark.parametrize("values, message", [

@@ -49,9 +49,8 @@ def params(files, **changes) -> Params:
 
 def run(files, out, **options):
     options.setdefault("params", params(files))
-    options.setdefault("cell_type_column", "cell_type")
-    return run_pipeline(files["input"], out, adjacencies=files["adjacencies"], chunk_cells=CHUNK, report=False,
-                        **options)
+    options = {"cell_type_column": "cell_type", "report": False, **options}
+    return run_pipeline(files["input"], out, adjacencies=files["adjacencies"], chunk_cells=CHUNK, **options)
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +144,7 @@ def test_resume_is_refused_naming_what_changed(files, tmp_path, change, what):
     else:
         p = params(own, pruning_nes_threshold=2.5)
     before = snapshot(out)
-    with pytest.raises(ResumeMismatchError, match=f"cannot resume .*: it was made with {what}"):
+    with pytest.raises(ResumeMismatchError, match=f"cannot resume .*: the finished run was made with {what}"):
         run(own, out, params=p, resume=True, **options)
     assert snapshot(out) == before
 
@@ -302,3 +301,135 @@ def test_an_executor_factory_starts_after_the_checks_and_is_closed(files, tmp_pa
     with pytest.raises(RunExistsError):
         run(files, tmp_path / "run", executor=Recording)
     assert started == []  # refused before any executor was started
+
+
+def test_resume_after_a_failed_overwrite_finishes_the_run_whose_settings_are_given(files, tmp_path, lone):
+    out = tmp_path / "run"
+    run(files, out, report=False)
+    with pytest.raises(ValueError, match="no regulon survived"):
+        run(files, out, params=params(files, pruning_nes_threshold=1e6), overwrite=True)
+    # the finished run's settings: it is the one resumed (and its report written), the failed one left staged
+    resumed = run(files, out, resume=True, report=True)
+    assert_equals_lone(resumed, lone)
+    assert (out / "report.html").exists() and (out / ".partial" / "results.zarr").exists()
+    # settings of neither: the refusal speaks of both runs
+    with pytest.raises(ResumeMismatchError, match="the interrupted run in .*pruning_nes_threshold: 1000000.0 -> 2.0.*"
+                                                  "the finished run was made with other parameters"):
+        run(files, out, params=params(files, pruning_nes_threshold=2.0), resume=True)
+
+
+def test_the_report_names_the_published_run_not_its_staging_folder(files, tmp_path):
+    out = tmp_path / "run"
+    run(files, out, report=True)
+    page = (out / "report.html").read_text()
+    assert str((out / "expression.zarr").resolve()) in page  # where the run's store is now
+    assert ".partial" not in page
+
+
+def test_an_input_store_inside_the_run_folder_is_refused(files, tmp_path):
+    out = tmp_path / "run"
+    run(files, out)
+    before = snapshot(out)
+    with pytest.raises(ValueError, match="lies in the run folder"):
+        run_pipeline(out / "expression.zarr", out, params=params(files), adjacencies=files["adjacencies"],
+                     overwrite=True)
+    assert snapshot(out) == before
+
+
+def test_a_backed_anndata_is_fingerprinted_by_its_file(files, tmp_path):
+    import shutil
+
+    path = tmp_path / "backed.h5ad"
+    shutil.copy(files["input"], path)
+    out = tmp_path / "run"
+    run_pipeline(anndata.read_h5ad(path, backed="r"), out, params=params(files), adjacencies=files["adjacencies"],
+                 cell_type_column="cell_type", chunk_cells=CHUNK, report=False)
+    adata = anndata.read_h5ad(path)
+    adata.X[10, 150] += 1.0  # one value, deep inside the matrix
+    adata.write_h5ad(path)
+    with pytest.raises(ResumeMismatchError, match="other input"):
+        run_pipeline(anndata.read_h5ad(path, backed="r"), out, params=params(files), adjacencies=files["adjacencies"],
+                     cell_type_column="cell_type", resume=True)
+
+
+def test_an_in_memory_anndata_is_fingerprinted_by_its_content(files, tmp_path):
+    adata = anndata.read_h5ad(files["input"])
+    out = tmp_path / "run"
+    options = dict(params=params(files), adjacencies=files["adjacencies"], cell_type_column="cell_type",
+                   chunk_cells=CHUNK, report=False)
+    run_pipeline(adata, out, **options)
+    run_pipeline(adata.copy(), out, resume=True, **options)  # equal content: resumed
+    adata.X[1199, 399] += 1.0
+    with pytest.raises(ResumeMismatchError, match="other input \\(sha1"):
+        run_pipeline(adata, out, resume=True, **options)
+
+
+@pytest.mark.parametrize("executor, message", [
+    ("dask", "executor must be an executor"),
+    (42, "executor must be an executor"),
+])
+def test_a_bad_executor_is_refused_before_any_work(files, tmp_path, executor, message):
+    with pytest.raises(ValueError, match=message):
+        run(files, tmp_path / "run", executor=executor)
+    assert not (tmp_path / "run").exists()
+
+
+def test_input_mistakes_are_one_line_before_any_work(files, tmp_path):
+    adata = anndata.read_h5ad(files["input"])
+    with pytest.raises(ValueError, match="the AnnData has no layer 'nope'"):
+        run_pipeline(adata, tmp_path / "run", params=params(files), adjacencies=files["adjacencies"], layer="nope")
+    with pytest.raises(ValueError, match="the AnnData has no obs column 'kind'"):
+        run_pipeline(adata, tmp_path / "run", params=params(files), adjacencies=files["adjacencies"],
+                     cell_type_column="kind")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(pruning_rank_threshold=10**6), "pruning_rank_threshold=1000000 must be below the"),
+    (dict(aucell_auc_threshold=0.999), "aucell_auc_threshold=0.999 selects 400 of 400 genes"),
+])
+def test_data_dependent_parameters_are_refused_before_any_stage(files, tmp_path, change, message, monkeypatch):
+    import flashscenic.pipeline
+
+    def no_stage(*args, **kwargs):
+        raise AssertionError("a stage ran before the parameters were checked")
+
+    monkeypatch.setattr(flashscenic.pipeline, "_stages", no_stage)
+    monkeypatch.setattr(flashscenic.pipeline._Input, "expression_store", no_stage)  # not even the ingest
+    with pytest.raises(ValueError, match=message):
+        run(files, tmp_path / "run", params=params(files, **change))
+
+
+def test_a_task_of_another_run_never_writes_into_this_one(files, tmp_path):
+    from flashscenic.stages import aucell_chunk_task
+
+    out = tmp_path / "run"
+    results = run(files, out)
+    before = results.read_auc().copy()
+    with pytest.raises(ValueError, match="now holds another run"):
+        aucell_chunk_task(str(results.path), results.expression_store, 0, np.ones((len(results.regulon_names), 400),
+                                                                                    np.float32),
+                          params(files), "an-earlier-run")
+    assert np.array_equal(results.read_auc(), before)
+
+
+def test_a_swap_interrupted_after_the_new_expression_store_moved_in_is_undone(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    for where, tag in [(folder.path, "old"), (folder.path / ".partial", "new")]:
+        for name in ("results.zarr", "expression.zarr"):
+            (where / name).mkdir(parents=True)
+            (where / name / tag).write_text(tag)
+    # the swap stopped after both old items went aside and the new expression store came in
+    (folder.path / ".previous").mkdir()
+    for name in ("results.zarr", "expression.zarr"):
+        os.replace(folder.path / name, folder.path / ".previous" / name)
+    os.replace(folder.partial / "expression.zarr", folder.path / "expression.zarr")
+    with folder.lock():
+        for name in ("results.zarr", "expression.zarr"):
+            assert (folder.path / name / "old").exists() and (folder.partial / name / "new").exists()
+    # and a swap that stopped after the new results came in is complete: the old run is gone
+    (folder.path / ".previous").mkdir()
+    os.replace(folder.path / "results.zarr", folder.path / ".previous" / "results.zarr")
+    os.replace(folder.partial / "results.zarr", folder.path / "results.zarr")
+    with folder.lock():
+        assert (folder.path / "results.zarr" / "new").exists() and not (folder.path / ".previous").exists()

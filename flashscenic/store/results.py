@@ -415,7 +415,8 @@ class ResultsStore:
         """Create the empty cells x regulons AUC array and its per-chunk completion flags.
 
         Re-initialising with the same regulons keeps what is written (for resuming); other
-        regulons, or ``overwrite=True``, start afresh.
+        regulons, or ``overwrite=True``, start afresh, and the stages derived from the AUC
+        (auc, rss) are no longer complete.
         """
         names = list(_names(regulon_names, "regulon_names"))
         group = self._writable()
@@ -430,6 +431,7 @@ class ResultsStore:
         group.create_array("auc_done", shape=(n_chunks,), chunks=(1,), dtype="uint8", fill_value=0, overwrite=True)
         stages = dict(group.attrs.get("stages", {}))
         stages.pop("auc", None)
+        stages.pop("rss", None)  # computed from the old AUC
         group.attrs["stages"] = stages
 
     @property
