@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._utils import read_text
+from ._utils import check_unique, read_text
 from .errors import InputError
 
 __all__ = ["GeneOverlap", "InputReport", "check_gene_overlap", "check_tf_overlap", "check_motif_annotation",
@@ -173,10 +172,7 @@ def check_inputs(expression_genes: Sequence[str], databases: Iterable = (), tf_n
         See :func:`check_gene_overlap`.
     """
     genes = [str(g) for g in expression_genes]
-    duplicated = sorted(g for g, n in Counter(genes).items() if n > 1)
-    if duplicated:
-        raise InputError(f"duplicate expression gene names, e.g. {', '.join(duplicated[:_EXAMPLES])}; "
-                         "make them unique (e.g. adata.var_names_make_unique()) or drop the duplicates")
+    check_unique(genes, "expression gene names")
     overlaps = tuple(check_gene_overlap(genes, d, min_gene_overlap) for d in databases)
     tfs = tuple(check_tf_overlap(tf_names, genes)) if tf_names is not None else ()
     annotation = check_motif_annotation(motif_annotation) if motif_annotation is not None else None

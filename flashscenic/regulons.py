@@ -36,14 +36,13 @@ import logging
 import math
 import os
 import re
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from ._utils import refuse_non_utf8, text_output
+from ._utils import check_unique, refuse_non_utf8, text_output
 from .errors import InputError
 
 __all__ = [
@@ -528,14 +527,11 @@ def regulons_to_adjacency(regulons: Sequence[dict], gene_names: Sequence[str], w
     that rule is the caller's concern (compare ``n_genes`` with the row's non-zeros).
     """
     names = list(gene_names)
-    column = {}
     for j, gene in enumerate(names):
         if not isinstance(gene, str):
             raise InputError(f"gene_names[{j}] is {gene!r}; gene names must be str")
-        if gene in column:
-            duplicates = sorted(g for g, n in Counter(names).items() if n > 1)
-            raise InputError(f"gene_names has duplicates, e.g. {duplicates[:10]}; gene names must be unique")
-        column[gene] = j
+    check_unique(names, "gene_names")
+    column = {gene: j for j, gene in enumerate(names)}
     matrix = np.zeros((len(regulons), len(names)), dtype=np.float32)
     n_dropped = n_total = 0
     touched = []

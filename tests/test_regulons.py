@@ -428,7 +428,7 @@ def test_adjacency_quiet_when_nothing_is_dropped(caplog):
 
 
 def test_adjacency_errors():
-    with pytest.raises(InputError, match="duplicates"):
+    with pytest.raises(InputError, match=r"gene_names has 1 duplicated name\(s\) \('A' x2\)"):
         regulons_to_adjacency(REGULONS, ["A", "B", "A"])
     with pytest.raises(InputError, match="finite and positive"):
         regulons_to_adjacency([{"name": "C(+)", "genes": ["C"], "weights": [0.0]}], ["C"], weighted=True)
