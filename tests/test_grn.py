@@ -53,3 +53,12 @@ def test_errors(kwargs, message):
     arguments = {"gene_names": genes, "tf_names": ["g0"], **kwargs}
     with pytest.raises(ValueError, match=message):
         infer_grn(x, arguments["gene_names"], arguments["tf_names"], n_steps=5, device="cpu", verbose=False)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_nan_is_refused_not_taken_for_a_constant_gene(sparse):
+    x, genes = data()
+    x[:, 9] = np.nan  # a whole NaN column: its variance is NaN, not 0
+    x[3, 2] = np.inf
+    with pytest.raises(ValueError, match="201 NaN or infinite value\\(s\\)"):
+        infer_grn(sp.csr_matrix(x) if sparse else x, genes, ["g0"], n_steps=5, device="cpu", verbose=False)
