@@ -42,7 +42,8 @@ import pandas as pd
 from ._utils import atomic_path, check_unique, numeric_columns, read_text, refuse_non_utf8, text_output
 from .errors import InputError, MissingFileError
 from .params import EXPORT_FORMATS
-from .store import ExpressionStore, ResultsStore, create_results_store, open_expression_store, open_results_store
+from .store import (STAGES, ExpressionStore, ResultsStore, create_results_store, open_expression_store,
+                    open_results_store)
 from .store.results import _check_adjacencies, _parse_regulon_name, _regulon_frame
 
 __all__ = [
@@ -683,6 +684,11 @@ def import_pyscenic(
         raise InputError(f"{results} does not exist yet; to create it give expression= (an expression store) "
                          "or an auc= / loom= file that lists the cells")
 
+    # stages after the first one imported were computed from what is now replaced
+    imported = {"grn": adjacencies is not None, "pruning": motifs is not None or regulons is not None
+                or loom_regulons is not None, "auc": auc_frame is not None}
+    first = next(i for i, stage in enumerate(STAGES) if imported.get(stage))
+    store.forget(*[stage for stage in STAGES[first + 1:] if not imported.get(stage)])
     if adjacencies is not None:
         table = read_adjacencies(adjacencies)
         store.write_adjacencies(table)

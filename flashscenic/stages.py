@@ -33,7 +33,7 @@ from .params import DEFAULT_DATASOURCE, DEFAULT_SPECIES, DEFAULT_VERSION, Params
 
 __all__ = ["Resources", "prepare_resources", "infer_weights", "make_modules", "prune_task", "merge_pruned",
            "regulon_matrix", "aucell_block", "score_regulons", "require_regdiffusion",
-           "resources_of"]
+           "resources_of", "load_annotation"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +68,7 @@ class Resources:
             if params.pruning_rank_threshold >= overlap.n_database_genes:
                 raise InputError(f"pruning_rank_threshold={params.pruning_rank_threshold} must be below the "
                                  f"{overlap.n_database_genes} genes of the ranking database {overlap.database}")
-        _annotation(str(self.motif_annotation), _stamp(self.motif_annotation), params.annotation_motif_similarity_fdr,
-                    params.annotation_orthologous_identity)
+        load_annotation(self.motif_annotation, params)
         from .aucell import rank_cutoff
 
         try:
@@ -87,6 +86,13 @@ def _stamp(path) -> tuple[int, int]:
     """Size and modification time: a file changed at the same path is read again by the caches."""
     stat = os.stat(path)
     return stat.st_size, stat.st_mtime_ns
+
+
+def load_annotation(path, params: Params):
+    """The motif annotation with ``params``' filters, checked (columns, numbers, rows kept) and
+    read once per process and file version: the early check and every pruner share it."""
+    return _annotation(str(path), _stamp(path), params.annotation_motif_similarity_fdr,
+                       params.annotation_orthologous_identity)
 
 
 @functools.lru_cache(maxsize=4)
@@ -223,7 +229,8 @@ def make_modules(weights: np.ndarray, tf_names: Sequence[str], gene_names: Seque
 
 @functools.lru_cache(maxsize=4)
 def _pruner(database_path: str, annotation_path: str, params: Params, stamps: tuple):
-    """One pruner per (database, annotation, parameters) per process: a worker loads a database once."""
+    """One pruner per (database, annotation, parameters, file versions) per process: a worker loads a
+    database once."""
     from .cistarget import CisTargetPruner
 
     pruner = CisTargetPruner(rank_threshold=params.pruning_rank_threshold, auc_threshold=params.pruning_auc_threshold,
@@ -231,8 +238,7 @@ def _pruner(database_path: str, annotation_path: str, params: Params, stamps: tu
                              min_genes_per_regulon=params.pruning_min_genes,
                              merge_strategy=params.pruning_merge_strategy, verbose=params.verbose)
     pruner.load_database([database_path])
-    pruner.motif_annotations = _annotation(annotation_path, stamps[1], params.annotation_motif_similarity_fdr,
-                                           params.annotation_orthologous_identity)
+    pruner.motif_annotations = load_annotation(annotation_path, params)
     pruner.filter_for_annotation = True
     return pruner
 

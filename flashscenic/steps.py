@@ -61,7 +61,7 @@ def run_ctx(adjacencies, databases, annotations, output: str | os.PathLike, *, p
     """
     from .export import read_adjacencies
     from .regulons import write_motifs_csv
-    from .stages import Resources, infer_weights, make_modules, merge_pruned, prune_task
+    from .stages import Resources, infer_weights, load_annotation, make_modules, merge_pruned, prune_task
 
     params = (params or Params()).with_seed()
     databases = [databases] if isinstance(databases, (str, os.PathLike)) else list(databases)
@@ -78,6 +78,7 @@ def run_ctx(adjacencies, databases, annotations, output: str | os.PathLike, *, p
             from .errors import MissingFileError
 
             raise MissingFileError(f"ranking database {str(database)!r} does not exist")
+    load_annotation(resources.motif_annotation, params)  # a bad annotation is refused before the modules
     tfs = list(dict.fromkeys(table["TF"].astype(str)))
     weights, tf_rows = infer_weights(None, genes, tfs, params, adjacencies=table)
     modules = make_modules(weights, tf_rows, genes, params, expression=matrix)

@@ -283,6 +283,13 @@ def test_import_pyscenic_files_into_a_new_store(tmp_path):
     assert rows == names and genes == gene_names()
     assert store.stages.keys() >= {"grn", "pruning", "auc"}  # adjacencies: grn; regulons: pruning
 
+    # new adjacencies into the same store: what was computed from the old ones is no longer complete
+    store.mark_complete("rss", cell_type_column="x")
+    store = import_pyscenic(tmp_path / "run.zarr", adjacencies=tmp_path / "adj.tsv")
+    assert store.is_complete("grn") and not any(store.is_complete(s) for s in ("modules", "pruning", "auc", "rss"))
+    with pytest.raises(IncompleteStageError, match="pruning"):
+        export_results(store, "gmt", tmp_path)
+
 
 def test_import_loom_and_export_again(run, tmp_path):
     path = write_scope_loom(run, tmp_path / "s.loom", verbose=False)

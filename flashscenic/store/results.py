@@ -243,6 +243,11 @@ class ResultsStore:
         stages[stage] = {"complete": True, "at": _now(), **info}
         group.attrs["stages"] = stages
 
+    def forget(self, *stages: str) -> None:
+        """Mark ``stages`` incomplete (their data was computed from something since replaced)."""
+        group = self._writable()
+        group.attrs["stages"] = {k: v for k, v in group.attrs.get("stages", {}).items() if k not in stages}
+
     def is_complete(self, stage: str) -> bool:
         return bool(self.stages.get(stage, {}).get("complete"))
 
