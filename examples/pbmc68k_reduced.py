@@ -50,7 +50,7 @@ if args.ranking_db:
     pruner.load_database(args.ranking_db)
     pruner.load_annotations(args.motif_annotation)
     regulons = pruner.prune_modules([m.genes for m in modules], [m.tf for m in modules], genes,
-                                    [m.weights for m in modules], [m.context for m in modules])
+                                    [m.weights for m in modules], contexts=[m.context for m in modules])
 else:
     # Unpruned: each TF's top-50 module (its 50 strongest targets and itself) as its gene set.
     regulons = [{"name": f"{m.tf}(+)", "tf": m.tf, "genes": list(m.genes), "weights": [1.0] * len(m)}

@@ -257,6 +257,18 @@ def _module_inputs(rankings, module_gene_indices, weights):
 # ----------------------------------------------------------------------------- annotations
 
 
+def _column_names(column_names, n_columns: int, path: Path, what: str) -> list[str]:
+    """``column_names`` checked against the file: one distinct name per column."""
+    if not isinstance(column_names, Sequence) or isinstance(column_names, str) or not all(
+            isinstance(c, str) for c in column_names):
+        raise InputError(f"column_names must be a sequence of column names, got {column_names!r}")
+    names = list(column_names)
+    if len(names) != n_columns or len(set(names)) != len(names):
+        raise InputError(f"column_names must be {n_columns} distinct names, one per column of {what} "
+                         f"{str(path)!r}; got {names}")
+    return names
+
+
 @dataclass
 class MotifAnnotation:
     """Motif-to-TF annotations (a motif2tf ``.tbl`` snapshot), filtered as pySCENIC does.
@@ -272,22 +284,30 @@ class MotifAnnotation:
         index=pd.MultiIndex.from_arrays([[], []], names=["TF", "MotifID"])))
 
     @classmethod
-    def load_from_file(cls, path, motif_similarity_fdr: float = 0.001,
-                       orthologous_identity_threshold: float = 0.0) -> "MotifAnnotation":
-        """Read a motif2tf TSV; keep rows with q-value <= fdr and identity >= threshold (NaN fails both)."""
-        path = Path(path)
+    def load_from_file(cls, fname, motif_similarity_fdr: float = 0.001, orthologous_identity_threshold: float = 0.0,
+                       column_names: Sequence[str] | None = None) -> "MotifAnnotation":
+        """Read a motif2tf TSV; keep rows with q-value <= fdr and identity >= threshold (NaN fails both).
+
+        ``column_names`` names the file's columns in order, instead of its header line (which
+        is still its first line, and skipped): for a table whose header spells the columns
+        otherwise. The names must include #motif_id, gene_name, motif_similarity_qvalue,
+        orthologous_identity and description.
+        """
+        path = Path(fname)
         what = "motif annotation file"
         if not path.is_file():
             raise MissingFileError(f"{what} {str(path)!r} does not exist")
         try:
-            header = pd.read_csv(path, sep="\t", nrows=0).columns
-            missing = [c for c in ANNOTATION_COLUMNS if c not in header]
+            header = list(pd.read_csv(path, sep="\t", nrows=0).columns)
+            names = header if column_names is None else _column_names(column_names, len(header), path, what)
+            missing = [c for c in ANNOTATION_COLUMNS if c not in names]
             if missing:
+                source = "column_names" if column_names is not None else f"{what} {str(path)!r}"
                 raise InputError(
-                    f"{what} {str(path)!r} lacks the column(s) {', '.join(missing)}; "
+                    f"{source} lacks the column(s) {', '.join(missing)}; "
                     f"a motif2tf table (.tbl) has {', '.join(ANNOTATION_COLUMNS)}"
                 )
-            raw = pd.read_csv(path, sep="\t", usecols=list(ANNOTATION_COLUMNS),
+            raw = pd.read_csv(path, sep="\t", header=0, names=names, usecols=list(ANNOTATION_COLUMNS),
                               dtype={"#motif_id": str, "gene_name": str, "description": str})
         except UnicodeDecodeError:
             refuse_non_utf8(path, what)
@@ -314,11 +334,21 @@ class MotifAnnotation:
             return motif_id in self.table.index.get_level_values("MotifID")
         return (tf_name, motif_id) in self.table.index
 
-    def get_annotation(self, motif_id: str, tf_name: str) -> dict | None:
-        """The annotation row of (tf_name, motif_id) as a dict, or None."""
-        if (tf_name, motif_id) not in self.table.index:
+    def get_annotation(self, motif_id: str, tf_name: str | None = None) -> dict | None:
+        """The annotation row of (tf_name, motif_id) as a dict, or None if there is none.
+
+        With ``tf_name=None``, the motif's best annotation to any TF: the lowest q-value,
+        then the highest orthologous identity, then the TF first by name (the same order
+        that picks one row per TF and motif).
+        """
+        if tf_name is not None:
+            return self.table.loc[(tf_name, motif_id)].to_dict() if (tf_name, motif_id) in self.table.index else None
+        rows = self.table[self.table.index.get_level_values("MotifID") == motif_id]
+        if rows.empty:
             return None
-        return self.table.loc[(tf_name, motif_id)].to_dict()
+        best = rows.reset_index().sort_values(["MotifSimilarityQvalue", "OrthologousIdentity", "TF"],
+                                              ascending=[True, False, True], kind="stable")
+        return best.iloc[0][["MotifSimilarityQvalue", "OrthologousIdentity", "Annotation"]].to_dict()
 
     def motifs_of(self, tf_name: str) -> pd.DataFrame:
         """The annotation rows of one TF, indexed by MotifID."""
@@ -329,14 +359,15 @@ class MotifAnnotation:
         return by_tf.get(tf_name, self.table.iloc[:0].droplevel("TF"))
 
 
-def filter_by_annotations(result: dict, motif_names: Sequence[str], annotations: MotifAnnotation,
+def filter_by_annotations(result: dict, motif_names: Sequence[str], motif_annotations: MotifAnnotation | None,
                           filter_for_annotation: bool = True, tf_name: str | None = None) -> dict:
     """Keep only enriched motifs annotated to ``tf_name`` (any TF when None) in a
-    ``prune_single_module`` result; leading-edge arrays are cut to match."""
-    if not filter_for_annotation:
+    ``prune_single_module`` result; leading-edge arrays are cut to match. Without
+    annotations (None) or with ``filter_for_annotation=False`` the result is returned as is."""
+    if motif_annotations is None or not filter_for_annotation:
         return result
     enriched = torch.nonzero(result["enriched_mask"]).flatten().cpu().numpy()
-    keep = np.array([annotations.has_annotation(motif_names[i], tf_name) for i in enriched], dtype=bool)
+    keep = np.array([motif_annotations.has_annotation(motif_names[i], tf_name) for i in enriched], dtype=bool)
     out = dict(result)
     mask = result["enriched_mask"].clone()
     mask[torch.from_numpy(enriched[~keep]).to(mask.device)] = False
@@ -476,7 +507,7 @@ class CisTargetPruner:
         databases = [read_ranking_database(p, None if names is None else names[i]) for i, p in enumerate(paths)]
         self._set_databases(databases)
 
-    def load_from_tensor(self, rankings, motif_names=None, gene_names=None, name: str = "database") -> None:
+    def load_from_tensor(self, rankings, motif_names=None, gene_names=None, *, name: str = "database") -> None:
         """Use a motifs x genes rank matrix held in memory as the (only) database."""
         self._set_databases([RankingDatabase.from_array(rankings, motif_names, gene_names, name)])
 
@@ -580,7 +611,7 @@ class CisTargetPruner:
         table = pd.DataFrame(rows, columns=list(MOTIF_COLUMNS))
         return table.sort_values(["TF", "MotifID", "Database"], kind="stable").reset_index(drop=True)
 
-    def prune_modules(self, modules, tf_names: Sequence[str], gene_names: Sequence[str], weights_list=None,
+    def prune_modules(self, modules, tf_names: Sequence[str], gene_names: Sequence[str], weights_list=None, *,
                       contexts=None) -> list[dict]:
         """Regulons from modules, by pySCENIC's rules (see ``flashscenic.regulons``).
 

@@ -65,6 +65,7 @@ ACTIVATING = "activating"
 REPRESSING = "repressing"
 _BLOCK_VALUES = 2**24  # values per block for row-chunked work (bounds memory)
 _KNEE_TOLERANCE = 1e-9  # distances below the chord smaller than this are rounding, not a knee
+_MIXTURE_METHODS = ("intersection", "posterior", "noise_quantile")
 
 
 # --------------------------------------------------------------------------- kernels
@@ -196,98 +197,153 @@ def select_top_n_per_target(
 
 def select_mixture_model_targets(
     adj: ArrayLike,
+    n_components: int = 2,
+    method: str = "intersection",
     include_tf: bool = True,
     tf_indices: ArrayLike | None = None,
     device: str | torch.device = "cuda",
     *,
+    per_tf: bool = False,
     max_iter: int = 500,
     tol: float = 1e-9,
-) -> torch.Tensor:
-    """Per TF, split its positive weights into two Gaussians and keep the high one.
+) -> tuple[torch.Tensor, dict]:
+    """Split the positive weights into Gaussian components and keep the signal component's.
 
-    Why: a percentile is one global cut and top-k one fixed size for every TF, while a TF
-    with a clear group of strong targets above a bulk of weak ones carries that cut in its
-    own weight distribution. A two-component Gaussian mixture fitted to each TF's positive
-    weights finds it without a tuning constant. Not a pySCENIC module type.
+    Why: a percentile and top-k are fixed constants, while a group of strong edges above a
+    bulk of weak ones carries its own cut in the weight distribution. A Gaussian mixture
+    fitted to the positive weights finds it. Not a pySCENIC module type.
 
-    The fit is deterministic (no random start): components start from the weights below and
-    above the TF's mean weight, then EM runs in float64 until means, standard deviations and
-    mixing weights change by less than ``tol`` (relative to the weight range) or
-    ``max_iter`` is reached; each TF converges on its own, so the result does not depend on
-    the other rows. Variances are floored at 1e-6 of the TF's weight variance.
+    As in flashscenic's API, one mixture is fitted to ALL positive weights of ``adj``, which
+    gives one threshold. ``per_tf=True`` (an extension) fits one mixture per TF instead,
+    so each TF gets its own cut and a row's result does not depend on the other rows.
 
-    A target is kept when its weight is at least the lowest weight above the low
-    component's mean that the high component claims (posterior > 0.5), so the cut is a
-    threshold: a stronger edge is never dropped while a weaker one is kept. If no weight
-    qualifies, weights at or above the high mean are kept. A TF with fewer than 3 positive
-    weights, or with all of them equal, keeps all of them (nothing to split).
+    The fit is deterministic (no random start, unlike scikit-learn's): the weights are cut
+    at their mean, the weights above it at theirs, and so on, into ``n_components`` start
+    groups; EM then runs in float64 until means, standard deviations (relative to the
+    weight range) and mixing weights change by less than ``tol``, or ``max_iter`` is
+    reached. Variances are floored at 1e-6 of the weights' variance. The component with the
+    lowest mean is the noise, the one with the highest mean the signal.
+
+    Every weight at or above the threshold is kept, so a stronger edge is never dropped
+    while a weaker one is kept. Weights that cannot be split (n_components or fewer
+    positive weights, all equal, or an empty start group) are all kept.
 
     Parameters
     ----------
-    adj, include_tf, tf_indices, device
+    adj
+        TF x gene weights; only positive entries are fitted and can be selected.
+    n_components
+        Gaussian components, 2 or more.
+    method
+        How the fit becomes a threshold:
+
+        - ``'intersection'``: the weight between the noise and signal means where their
+          posteriors cross (weighted densities equal); the noise mean if the signal already
+          dominates there, the signal mean if it never does;
+        - ``'posterior'``: keep edges with P(signal | weight) > 0.5 (all components in the
+          denominator): the threshold is the lowest weight above the noise mean that the
+          signal claims, so the far low tail a broad signal component also claims is not
+          kept; the signal mean if it claims none;
+        - ``'noise_quantile'``: noise mean + 2 noise standard deviations.
+    include_tf, tf_indices, device
         As in :func:`select_topk_targets`.
+    per_tf
+        One mixture per TF instead of one for the whole table.
     max_iter
-        Maximum EM iterations per TF.
+        Maximum EM iterations (per TF with ``per_tf``).
     tol
-        Convergence tolerance, relative to each TF's weight range.
+        Convergence tolerance.
 
     Returns
     -------
-    torch.Tensor
-        n_tfs x n_genes selected weights on ``device``.
+    tuple
+        The n_tfs x n_genes selected weights on ``device``, and a dict with ``threshold``,
+        ``means``, ``stds``, ``weights`` (mixing weights; components by increasing mean),
+        ``converged`` and ``method``. With ``per_tf`` each of the first five is a list with
+        one entry per TF. Weights that were not fitted have empty component lists,
+        ``converged=False`` and their smallest positive weight as threshold (0.0 if none).
     """
+    k = _check_count(n_components, "n_components")
+    if k < 2:
+        raise InputError(f"n_components must be 2 or more (noise and signal), got {n_components!r}")
+    if method not in _MIXTURE_METHODS:
+        raise InputError(f"method={method!r} is not one of {', '.join(map(repr, _MIXTURE_METHODS))}")
+    _check_flag(per_tf, "per_tf")
     _check_count(max_iter, "max_iter")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
         raise InputError(f"tol must be a positive number, got {tol!r}")
     dev = resolve_device(device)
     w = _weights(adj, dev)
-    keep = torch.zeros(w.shape, dtype=torch.bool, device=dev)
-    rows = max(1, _BLOCK_VALUES // max(1, w.shape[1]))
-    for start in range(0, w.shape[0], rows):
-        block = w[start : start + rows].double()
-        keep[start : start + rows] = _mixture_keep(block, max_iter, float(tol))
-    out = torch.where(keep, w, torch.zeros((), dtype=w.dtype, device=dev))
-    return _maybe_add_tf(out, include_tf, tf_indices)
+    fits = [_mixture_cut(rows, k, method, max_iter, float(tol)) for rows in _curves(w, per_tf, copies=k)]
+    cut, params, converged, fitted = (torch.cat(parts) for parts in zip(*fits))
+    components = [[row if ok else [] for row, ok in zip(p.tolist(), fitted.tolist())] for p in params]
+    info = {"threshold": cut.tolist(), "means": components[0], "stds": components[1], "weights": components[2],
+            "converged": converged.tolist()}
+    if not per_tf:
+        info = {key: value[0] for key, value in info.items()}
+    info["method"] = method
+    return _keep_at_or_above(w, cut, include_tf, tf_indices), info
 
 
 def select_knee_targets(
     adj: ArrayLike,
+    sensitivity: float = 1.0,
+    per_tf: bool = False,
     include_tf: bool = True,
     tf_indices: ArrayLike | None = None,
     device: str | torch.device = "cuda",
-) -> torch.Tensor:
-    """Per TF, keep the targets down to the knee of its descending weight curve (Kneedle).
+) -> tuple[torch.Tensor, dict]:
+    """Keep the weights down to the knee of the descending weight curve (Kneedle).
 
-    Why: sorted from strongest to weakest, a TF's weights usually fall steeply and then
-    flatten into a long tail of weak edges. The knee is where the fall ends; cutting there
-    adapts the module size to each TF without a global constant. Not a pySCENIC module type.
+    Why: sorted from strongest to weakest, weights usually fall steeply and then flatten
+    into a long tail of weak edges. The knee is where the fall ends; cutting there needs no
+    global constant. Not a pySCENIC module type.
 
-    Method (Satopaa et al. 2011, "Kneedle"): the TF's n positive weights sorted descending,
+    Method (after Satopaa et al. 2011, "Kneedle"): the n positive weights sorted descending,
     w_0 >= ... >= w_{n-1}, are scaled to x_i = i / (n - 1) and y_i = (w_i - w_{n-1}) /
-    (w_0 - w_{n-1}); the knee is the first i with the largest distance below the chord from
-    the first to the last point, 1 - x_i - y_i. Every weight >= w_knee is kept (equal weights
-    are never split). Deterministic. A TF whose curve never falls below the chord by more
-    than 1e-9 on the scaled axes (a straight line has no knee, only rounding), with fewer
-    than 3 positive weights, or with all of them equal, keeps all of them.
+    (w_0 - w_{n-1}); the knee is the first i with the largest ``sensitivity * (1 - x_i) -
+    y_i``, the point where the scaled curve's slope falls to ``-sensitivity``. At 1.0 that
+    is Kneedle's knee, the point farthest below the chord from the first to the last point;
+    a higher sensitivity detects the knee earlier (fewer, stronger edges kept), a lower one
+    later. Every weight >= w_knee is kept (equal weights are never split). Deterministic.
+    A curve that never falls below its chord by more than 1e-9 on the scaled axes (a
+    straight line has no knee, only rounding), with fewer than 3 weights, or all equal,
+    keeps all of them.
 
     Parameters
     ----------
-    adj, include_tf, tf_indices, device
+    adj
+        TF x gene weights; only positive entries are on the curve and can be selected.
+    sensitivity
+        Positive number; higher detects the knee earlier.
+    per_tf
+        False (flashscenic's default): one knee over all TFs' positive weights, one
+        threshold. True: one knee per TF.
+    include_tf, tf_indices, device
         As in :func:`select_topk_targets`.
 
     Returns
     -------
-    torch.Tensor
-        n_tfs x n_genes selected weights on ``device``.
+    tuple
+        The n_tfs x n_genes selected weights on ``device``, and a dict with ``threshold``
+        (the knee's weight: a float, or a list per TF), ``knee_index`` (its position in the
+        descending curve: an int, or a list per TF; -1 for a curve without weights) and
+        ``per_tf``. A curve without a knee has its last point as knee.
     """
+    if isinstance(sensitivity, bool) or not isinstance(sensitivity, (int, float, np.integer, np.floating)) or not (
+        0 < float(sensitivity) < math.inf
+    ):
+        raise InputError(f"sensitivity must be a positive number, got {sensitivity!r}")
+    _check_flag(per_tf, "per_tf")
     dev = resolve_device(device)
     w = _weights(adj, dev)
-    keep = torch.zeros(w.shape, dtype=torch.bool, device=dev)
-    rows = max(1, _BLOCK_VALUES // max(1, w.shape[1]))
-    for start in range(0, w.shape[0], rows):
-        keep[start : start + rows] = _knee_keep(w[start : start + rows].double())
-    out = torch.where(keep, w, torch.zeros((), dtype=w.dtype, device=dev))
-    return _maybe_add_tf(out, include_tf, tf_indices)
+    knees = [_knee_cut(rows, float(sensitivity)) for rows in _curves(w, per_tf)]
+    cut, knee = (torch.cat(parts) for parts in zip(*knees))
+    info = {"threshold": cut.tolist(), "knee_index": knee.tolist()}
+    if not per_tf:
+        info = {key: value[0] for key, value in info.items()}
+    info["per_tf"] = bool(per_tf)
+    return _keep_at_or_above(w, cut, include_tf, tf_indices), info
 
 
 def filter_by_min_targets(
@@ -642,69 +698,119 @@ def _largest_mask(w: torch.Tensor, k: int, dim: int) -> torch.Tensor:
     return above | (at & (at.cumsum(dim=dim) <= room))
 
 
-def _mixture_keep(w: torch.Tensor, max_iter: int, tol: float) -> torch.Tensor:
-    """Row-wise 2-Gaussian EM on positive entries (float64); see select_mixture_model_targets."""
-    pos = w > 0
-    n = pos.sum(dim=1, keepdim=True).double()
-    big, zero = torch.tensor(float("inf"), dtype=w.dtype, device=w.device), torch.zeros((), dtype=w.dtype, device=w.device)
-    wmax = torch.where(pos, w, -big).amax(dim=1, keepdim=True)
-    wmin = torch.where(pos, w, big).amin(dim=1, keepdim=True)
-    fit = (n >= 3) & (wmax > wmin)
-    keep = pos.clone()
-    if not bool(fit.any()):
-        return keep
-    rows = fit.squeeze(1).nonzero(as_tuple=True)[0]
-    x, m = w[rows], pos[rows]
-    n, span = n[rows], (wmax - wmin)[rows]
-    xz = torch.where(m, x, zero)
-    mean = xz.sum(dim=1, keepdim=True) / n
-    var_all = (torch.where(m, x - mean, zero) ** 2).sum(dim=1, keepdim=True) / n
-    floor = 1e-6 * var_all
-    # start: responsibilities 1 for the component on the weight's side of the mean
-    resp_high = (m & (x > mean)).double()
-    params = _m_step(x, m, resp_high, floor)
-    active = torch.ones(rows.numel(), 1, dtype=torch.bool, device=w.device)
-    for _ in range(max_iter):
-        resp_high = _e_step(x, params)
-        new = _m_step(x, m, resp_high, floor)
-        # means and standard deviations relative to the weight range; mixing weights as is
-        scale = (span, span, 1.0, span, span, 1.0)
-        change = torch.stack([(a - b).abs() / s for a, b, s in zip(new, params, scale)]).amax(dim=0)
-        params = tuple(torch.where(active, a, b) for a, b in zip(new, params))
-        active &= change > tol
-        if not bool(active.any()):
-            break
-    resp_high = _e_step(x, params)
-    mu_low, mu_high = params[0], params[2]
-    claimed = m & (x > mu_low) & (resp_high > 0.5)
-    cut = torch.where(claimed, x, big).amin(dim=1, keepdim=True)
-    cut = torch.where(torch.isinf(cut), mu_high, cut)
-    keep[rows] = m & (x >= cut)
-    return keep
+def _curves(w: torch.Tensor, per_tf: bool, copies: int = 1):
+    """The weights to cut, as float64 row blocks: the TF rows (``per_tf``), or one row of all
+    positive weights. A zero column is appended: never a positive weight, and no reduction
+    runs over an empty row."""
+    if not per_tf:
+        yield torch.nn.functional.pad(w[w > 0].double()[None], (0, 1))
+        return
+    rows = max(1, _BLOCK_VALUES // max(1, copies * (w.shape[1] + 1)))
+    for start in range(0, w.shape[0], rows):
+        yield torch.nn.functional.pad(w[start : start + rows].double(), (0, 1))
 
 
-def _m_step(x, m, resp_high, floor):
-    r_high = torch.where(m, resp_high, torch.zeros_like(resp_high))
-    r_low = torch.where(m, 1.0 - resp_high, torch.zeros_like(resp_high))
-    out = []
-    for r in (r_low, r_high):
-        total = r.sum(dim=1, keepdim=True)
-        safe = total.clamp(min=1e-300)
-        mu = (r * torch.where(m, x, torch.zeros_like(x))).sum(dim=1, keepdim=True) / safe
-        var = (r * torch.where(m, x - mu, torch.zeros_like(x)) ** 2).sum(dim=1, keepdim=True) / safe
-        out += [mu, torch.maximum(var, floor).sqrt(), total / m.sum(dim=1, keepdim=True)]
-    return tuple(out)  # mu_low, sd_low, pi_low, mu_high, sd_high, pi_high
+def _keep_at_or_above(w: torch.Tensor, cut: torch.Tensor, include_tf: bool, tf_indices) -> torch.Tensor:
+    """Positive weights >= their row's cut (one cut for all rows, or one per row)."""
+    keep = (w > 0) & (w.double() >= cut[:, None])
+    out = torch.where(keep, w, torch.zeros((), dtype=w.dtype, device=w.device))
+    return _maybe_add_tf(out, include_tf, tf_indices)
+
+
+def _smallest_positive(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Per row, the smallest entry where ``m`` (0.0 for a row without any): a cut keeping all."""
+    low = torch.where(m, x, torch.full_like(x, math.inf)).amin(dim=1)
+    return torch.where(torch.isinf(low), torch.zeros_like(low), low)
+
+
+def _mixture_cut(x: torch.Tensor, k: int, method: str, max_iter: int, tol: float):
+    """Row-wise k-Gaussian EM on positive entries (float64); see select_mixture_model_targets.
+
+    Returns the cut (rows), the means, stds and mixing weights (3 x rows x k, by increasing
+    mean), converged and fitted (rows, bool)."""
+    m = x > 0
+    n = m.sum(dim=1, keepdim=True).double()
+    span = (torch.where(m, x, -math.inf).amax(dim=1, keepdim=True) - _smallest_positive(x, m)[:, None])
+    # start groups: cut at the mean, the part above it at its mean, and so on
+    group = torch.zeros(x.shape, dtype=torch.long, device=x.device)
+    above = m.clone()
+    for _ in range(k - 1):
+        mean = torch.where(above, x, 0.0).sum(dim=1, keepdim=True) / above.sum(dim=1, keepdim=True).clamp(min=1)
+        above &= x > mean
+        group += above
+    resp = torch.nn.functional.one_hot(group, k).permute(0, 2, 1).double() * m[:, None]
+    fit = (n[:, 0] > k) & (span[:, 0] > 0) & (resp.sum(dim=2) > 0).all(dim=1)
+    params = torch.zeros(3, x.shape[0], k, dtype=x.dtype, device=x.device)
+    converged = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    cut = _smallest_positive(x, m)
+    rows = fit.nonzero(as_tuple=True)[0]
+    if rows.numel():
+        x, m, n, span, resp = x[rows], m[rows], n[rows], span[rows], resp[rows]
+        mean = torch.where(m, x, 0.0).sum(dim=1, keepdim=True) / n
+        floor = 1e-6 * (torch.where(m, x - mean, 0.0) ** 2).sum(dim=1, keepdim=True) / n
+        fitted = _m_step(x, resp, n, floor)
+        scale = torch.stack([span, span, torch.ones_like(span)])  # means and stds relative to the range
+        active = torch.ones(rows.numel(), dtype=torch.bool, device=x.device)
+        for _ in range(max_iter):
+            new = _m_step(x, _e_step(x, fitted) * m[:, None], n, floor)
+            change = ((new - fitted).abs() / scale).amax(dim=(0, 2))
+            fitted = torch.where(active[None, :, None], new, fitted)
+            active &= change > tol
+            if not bool(active.any()):
+                break
+        fitted = fitted.gather(2, fitted[0].argsort(dim=1).expand(3, -1, -1))  # components by mean
+        params[:, rows], converged[rows] = fitted, ~active
+        cut[rows] = _mixture_threshold(x, m, fitted, method)
+    return cut, params, converged, fit
+
+
+def _m_step(x, resp, n, floor):
+    """Means, stds (variance floored) and mixing weights (3 x rows x k) from responsibilities
+    (rows x k x entries, zero off the positive entries)."""
+    total = resp.sum(dim=2)
+    safe = total.clamp(min=1e-300)
+    mu = (resp * x[:, None]).sum(dim=2) / safe
+    var = (resp * (x[:, None] - mu[:, :, None]) ** 2).sum(dim=2) / safe
+    return torch.stack([mu, torch.maximum(var, floor).sqrt(), total / n])
+
+
+def _log_densities(x, params):
+    """log(pi_j N(x; mu_j, sd_j)) up to a shared constant, rows x k x entries."""
+    mu, sd, pi = (p[:, :, None] for p in params)
+    return torch.log(pi.clamp(min=1e-300)) - torch.log(sd) - 0.5 * ((x[:, None] - mu) / sd) ** 2
 
 
 def _e_step(x, params):
-    mu_l, sd_l, pi_l, mu_h, sd_h, pi_h = params
-    log_l = torch.log(pi_l.clamp(min=1e-300)) - torch.log(sd_l) - 0.5 * ((x - mu_l) / sd_l) ** 2
-    log_h = torch.log(pi_h.clamp(min=1e-300)) - torch.log(sd_h) - 0.5 * ((x - mu_h) / sd_h) ** 2
-    return torch.sigmoid(log_h - log_l)
+    return torch.softmax(_log_densities(x, params), dim=1)
 
 
-def _knee_keep(w: torch.Tensor) -> torch.Tensor:
-    """Row-wise Kneedle cut on positive entries (float64); see select_knee_targets."""
+def _mixture_threshold(x, m, params, method: str) -> torch.Tensor:
+    """The cut of each row from its fitted components (noise: first, signal: last)."""
+    mu, sd = params[0], params[1]
+    if method == "noise_quantile":
+        return mu[:, 0] + 2.0 * sd[:, 0]
+    if method == "posterior":
+        claimed = m & (x > mu[:, :1]) & (_e_step(x, params)[:, -1] > 0.5)
+        cut = torch.where(claimed, x, math.inf).amin(dim=1)
+        return torch.where(torch.isinf(cut), mu[:, -1], cut)
+    ends = params[:, :, [0, -1]]  # noise and signal only
+
+    def signal_minus_noise(t):  # log pi_s N_s(t) - log pi_n N_n(t)
+        logs = _log_densities(t[:, None], ends)[:, :, 0]
+        return logs[:, 1] - logs[:, 0]
+
+    low, high = mu[:, 0].clone(), mu[:, -1].clone()
+    for _ in range(100):  # bisection; one crossing when the sign changes between the means
+        mid = 0.5 * (low + high)
+        signal = signal_minus_noise(mid) >= 0
+        high, low = torch.where(signal, mid, high), torch.where(signal, low, mid)
+    cut = torch.where(signal_minus_noise(mu[:, -1]) <= 0, mu[:, -1], high)
+    return torch.where(signal_minus_noise(mu[:, 0]) >= 0, mu[:, 0], cut)
+
+
+def _knee_cut(w: torch.Tensor, sensitivity: float):
+    """Row-wise knee of the descending positive weights (float64); see select_knee_targets.
+    Returns the knee's weight and its position (-1 for a row without positive weights)."""
     pos = w > 0
     n = pos.sum(dim=1, keepdim=True)
     ordered = torch.sort(torch.where(pos, w, torch.zeros_like(w)), dim=1, descending=True).values
@@ -713,11 +819,12 @@ def _knee_keep(w: torch.Tensor) -> torch.Tensor:
     i = torch.arange(w.shape[1], device=w.device, dtype=w.dtype).expand_as(w)
     x = i / (n - 1).clamp(min=1)
     y = (ordered - last) / (first - last).clamp(min=torch.finfo(w.dtype).tiny)
-    distance = torch.where(i < n, 1.0 - x - y, torch.full_like(w, -float("inf")))
-    best, knee = distance.max(dim=1, keepdim=True)  # first maximum
-    cut = ordered.gather(1, knee)
-    no_knee = (n < 3) | (first == last) | (best <= _KNEE_TOLERANCE)
-    return pos & (no_knee | (w >= cut))
+    outside = torch.full_like(w, -math.inf)
+    below_chord = torch.where(i < n, 1.0 - x - y, outside).amax(dim=1, keepdim=True)
+    knee = torch.where(i < n, sensitivity * (1.0 - x) - y, outside).argmax(dim=1, keepdim=True)  # first maximum
+    no_knee = (n < 3) | (first == last) | (below_chord <= _KNEE_TOLERANCE)
+    knee = torch.where(no_knee, n - 1, knee)
+    return ordered.gather(1, knee.clamp(min=0))[:, 0], knee[:, 0]
 
 
 def _maybe_add_tf(out: torch.Tensor, include_tf: bool, tf_indices) -> torch.Tensor:
@@ -805,6 +912,11 @@ def _check_count(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise InputError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def _check_flag(value, name: str) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{name} must be True or False, got {value!r}")
 
 
 def _check_percentile(value, name: str) -> float:

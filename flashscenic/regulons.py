@@ -514,7 +514,7 @@ def _row_score(nes: float, qvalue: float, identity: float) -> float:
     return score if math.isnan(identity) else score * identity
 
 
-def regulons_to_adjacency(regulons: Sequence[dict], gene_names: Sequence[str], weighted: bool = False) -> np.ndarray:
+def regulons_to_adjacency(regulons: Sequence[dict], gene_names: Sequence[str], *, weighted: bool = False) -> np.ndarray:
     """The regulons x genes matrix that ``get_aucell`` scores (float32).
 
     ``weighted=False`` (default, as flashscenic 0.2.0 and pySCENIC's CLI): 1.0 for each

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from flashscenic import CisTargetPruner, compute_nes, compute_recovery_aucs, prune_single_module
-from flashscenic.cistarget import MotifAnnotation, filter_by_annotations
+from flashscenic.cistarget import ANNOTATION_COLUMNS, MotifAnnotation, filter_by_annotations
 from flashscenic.errors import InputError
 from flashscenic.rankdb import RankingDatabase, read_ranking_database
 from pyscenic_fixtures import FIXTURES, needs_fixtures
@@ -281,6 +281,39 @@ def test_annotation_choice_lowest_q_then_highest_identity(tmp_path):
     assert not annotations.has_annotation("m1", "TF2") and annotations.has_annotation("m1")
 
 
+def test_annotation_of_a_motif_for_any_tf_is_its_best(tmp_path):
+    rows = [["m1", "TF1", 0.001, 0.9, "q 1e-3"], ["m1", "TF2", 0.0001, 0.3, "low identity"],
+            ["m1", "TF3", 0.0001, 0.8, "best"], ["m2", "TFB", 0.0, 1.0, "tie, second by name"],
+            ["m2", "TFA", 0.0, 1.0, "tie, first by name"]]
+    path = tmp_path / "a.tbl"
+    pd.DataFrame(rows, columns=list(ANNOTATION_COLUMNS)).to_csv(path, sep="\t", index=False)
+    annotations = MotifAnnotation.load_from_file(path)
+    assert annotations.get_annotation("m1") == {"MotifSimilarityQvalue": 0.0001, "OrthologousIdentity": 0.8,
+                                                "Annotation": "best"}
+    assert annotations.get_annotation("m2", tf_name=None)["Annotation"] == "tie, first by name"
+    assert annotations.get_annotation("m1", "TF1")["Annotation"] == "q 1e-3"
+    assert annotations.get_annotation("m3") is None and annotations.get_annotation("m1", "TF9") is None
+
+
+def test_annotation_column_names_replace_the_header(tmp_path):
+    names = ("#motif_id", "motif_name", "gene_name", "motif_similarity_qvalue", "orthologous_identity", "description")
+    standard, renamed = tmp_path / "standard.tbl", tmp_path / "renamed.tbl"
+    standard.write_text(ANNOTATION_HEADER + ANNOTATION_ROW + "m2\tM2\tPAX6\t0.0001\t0.5\tinferred\n")
+    renamed.write_text("motif\tname\tTF\tq\tidentity\ttext\n" + standard.read_text().split("\n", 1)[1])
+    expected = MotifAnnotation.load_from_file(standard).table
+    pd.testing.assert_frame_equal(MotifAnnotation.load_from_file(renamed, column_names=names).table, expected)
+    pd.testing.assert_frame_equal(MotifAnnotation.load_from_file(standard, 0.001, 0.0, names).table, expected)
+    with pytest.raises(InputError, match=r"column_names lacks the column\(s\) description"):
+        MotifAnnotation.load_from_file(renamed, column_names=names[:-1] + ("text",))
+    with pytest.raises(InputError, match=r"column_names must be 6 distinct names, one per column of motif annotation"):
+        MotifAnnotation.load_from_file(renamed, column_names=names[:-1])
+    with pytest.raises(InputError, match="sequence of column names"):
+        MotifAnnotation.load_from_file(renamed, column_names="#motif_id")
+    renamed.write_text(renamed.read_text() + "m3\tM3\tSOX2\tlow\t1.0\tx\n")  # the file's checks still hold
+    with pytest.raises(InputError, match=r"renamed.tbl', line 4, column 'motif_similarity_qvalue': 'low' is not a"):
+        MotifAnnotation.load_from_file(renamed, column_names=names)
+
+
 def test_annotation_file_missing_columns(tmp_path):
     path = tmp_path / "bad.tbl"
     pd.DataFrame({"#motif_id": ["m"], "gene_name": ["TF"]}).to_csv(path, sep="\t", index=False)
@@ -350,6 +383,8 @@ def test_filter_by_annotations_keeps_only_the_modules_tf(tmp_path):
     kept = setup["motifs"][np.flatnonzero(filtered["enriched_mask"].numpy())]
     assert all(annotations.has_annotation(m, tf) for m in kept)
     assert len(filtered["rank_at_max"]) == len(kept)
+    assert filter_by_annotations(result, setup["motifs"], motif_annotations=None, tf_name=tf) is result
+    assert filter_by_annotations(result, setup["motifs"], annotations, filter_for_annotation=False) is result
 
 
 @pytest.mark.parametrize(
@@ -382,7 +417,7 @@ def test_prune_modules_regulons_equal_pyscenic_df2regulons(seed, tmp_path):
     pruner.load_from_tensor(setup["ranks"], setup["motifs"], setup["genes"], name="db")
     pruner.load_annotations(setup["annotation_file"])
     ours = pruner.prune_modules(setup["modules"], setup["tfs"], setup["genes"].tolist(), setup["weights"],
-                                setup["contexts"])
+                                contexts=setup["contexts"])
     assert sorted(r["name"] for r in ours) == sorted(theirs)
     for regulon in ours:
         reference = theirs[regulon["name"]]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -275,7 +278,18 @@ def test_top_n_per_target_ties_go_to_the_lower_tf():
     np.testing.assert_array_equal(out > 0, [[1, 0, 1], [1, 0, 0], [0, 1, 1]])
 
 
-@pytest.mark.parametrize("select", [select_topk_targets, select_top_n_per_target, select_threshold_targets, select_mixture_model_targets, select_knee_targets])
+def per_tf(select):
+    """A data-driven selector fitted per TF, returning only the selected weights."""
+
+    @functools.wraps(select)
+    def run(*args, **kwargs):
+        return select(*args, per_tf=True, **kwargs)[0]
+
+    return run
+
+
+@pytest.mark.parametrize("select", [select_topk_targets, select_top_n_per_target, select_threshold_targets,
+                                    per_tf(select_mixture_model_targets), per_tf(select_knee_targets)])
 def test_tf_is_added_only_to_rows_with_targets(select):
     w = np.array([[0.0, 0.3, 0.9, 0.2, 0.1, 0.05], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.4, 0.0, 0.0, 0.0, 0.0, 0.0]])
     out = to_numpy(select(w, include_tf=True, tf_indices=np.array([0, 1, -1]), device="cpu"))
@@ -365,10 +379,10 @@ def test_mixture_model_keeps_the_high_group():
     rng = np.random.default_rng(1)
     rows = [rng.permutation(two_groups(rng)) for _ in range(5)]
     w = np.array(rows)
-    out = to_numpy(select_mixture_model_targets(w, include_tf=False, device="cpu"))
+    out = to_numpy(per_tf(select_mixture_model_targets)(w, include_tf=False, device="cpu"))
     np.testing.assert_array_equal(out > 0, w >= 0.8)
     # deterministic, and a row's result does not depend on the other rows
-    again = to_numpy(select_mixture_model_targets(w[[3, 1]], include_tf=False, device="cpu"))
+    again = to_numpy(per_tf(select_mixture_model_targets)(w[[3, 1]], include_tf=False, device="cpu"))
     np.testing.assert_array_equal(again, out[[3, 1]])
 
 
@@ -376,13 +390,13 @@ def test_mixture_model_cut_ignores_the_low_tail_a_broad_high_component_claims():
     rng = np.random.default_rng(0)
     # narrow bulk near 0.5, broad strong group in [1, 4], three tiny weights far below the bulk
     row = np.r_[rng.uniform(0.45, 0.55, 100), rng.uniform(1, 4, 30), [0.01, 0.02, 0.015]]
-    out = to_numpy(select_mixture_model_targets(row[None], include_tf=False, device="cpu"))
+    out = to_numpy(per_tf(select_mixture_model_targets)(row[None], include_tf=False, device="cpu"))
     np.testing.assert_array_equal(out[0] > 0, row >= 1)
 
 
 def test_mixture_model_small_or_flat_rows_keep_everything():
     w = np.array([[0.5, 0.1, 0.0, -1.0], [0.3, 0.3, 0.3, 0.3], [0.0, 0.0, 0.0, 0.0]])
-    out = to_numpy(select_mixture_model_targets(w, include_tf=False, device="cpu"))
+    out = to_numpy(per_tf(select_mixture_model_targets)(w, include_tf=False, device="cpu"))
     np.testing.assert_array_equal(out, np.where(w > 0, w, 0))
 
 
@@ -390,7 +404,7 @@ def test_knee_cut():
     # a steep fall over 4 weights, then a flat tail: the knee is the 4th weight
     curve = np.array([10.0, 7.0, 4.0, 1.0, 0.9, 0.85, 0.8, 0.78, 0.76, 0.75, 0.74, 0.73])
     w = np.vstack([curve[::-1], np.linspace(1, 0.1, 12), np.concatenate([[0.5, 0.2], np.zeros(10)])])
-    out = to_numpy(select_knee_targets(w, include_tf=False, device="cpu"))
+    out = to_numpy(per_tf(select_knee_targets)(w, include_tf=False, device="cpu"))
     np.testing.assert_array_equal(out[0] > 0, curve[::-1] >= 1.0)
     assert (out[1] > 0).all()  # a straight line has no knee: all kept
     assert (out[2] > 0).sum() == 2  # fewer than 3 weights: all kept
@@ -398,11 +412,148 @@ def test_knee_cut():
 
 def test_knee_keeps_ties_at_the_cut():
     w = np.array([[10.0, 1.0, 1.0, 0.2, 0.1, 0.1, 0.1, 0.05]])
-    out = to_numpy(select_knee_targets(w, include_tf=False, device="cpu"))
+    out = to_numpy(per_tf(select_knee_targets)(w, include_tf=False, device="cpu"))
     kept = out[0] > 0
     cut = w[0][kept].min()
     np.testing.assert_array_equal(kept, w[0] >= cut)
 
+
+
+def cluster(mean, sd, n):
+    """n weights whose sample distribution is N(mean, sd): evenly spaced normal quantiles."""
+    from scipy.stats import norm
+
+    return mean + sd * norm.ppf((np.arange(n) + 0.5) / n)
+
+
+def crossing(noise, signal):
+    """Where pi_n N(x; noise moments) = pi_s N(x; signal moments), between the two means."""
+    pi_n, pi_s = len(noise) / (len(noise) + len(signal)), len(signal) / (len(noise) + len(signal))
+    (m_n, s_n), (m_s, s_s) = (noise.mean(), noise.std()), (signal.mean(), signal.std())
+    # log pi_s - log s_s - (x - m_s)^2 / 2 s_s^2 = log pi_n - log s_n - (x - m_n)^2 / 2 s_n^2
+    a = 1 / (2 * s_n**2) - 1 / (2 * s_s**2)
+    b = m_s / s_s**2 - m_n / s_n**2
+    c = math.log(pi_s / s_s) - math.log(pi_n / s_n) - m_s**2 / (2 * s_s**2) + m_n**2 / (2 * s_n**2)
+    roots = np.roots([a, b, c]) if abs(a) > 1e-12 else np.array([-c / b])
+    (root,) = [r.real for r in roots if m_n < r.real < m_s]
+    return root
+
+
+def test_mixture_methods_on_two_separated_clusters():
+    noise, signal = cluster(1.0, 0.1, 800), cluster(3.0, 0.1, 200)
+    w = np.r_[noise, signal, np.zeros(20), -np.ones(5)][None]
+    expected = {
+        "intersection": crossing(noise, signal),
+        "posterior": signal.min(),  # the lowest weight the signal claims
+        "noise_quantile": noise.mean() + 2 * noise.std(),
+    }
+    for method, threshold in expected.items():
+        out, info = select_mixture_model_targets(w, method=method, include_tf=False, device="cpu")
+        assert info["threshold"] == pytest.approx(threshold, rel=1e-9), method
+        np.testing.assert_array_equal(to_numpy(out)[0] > 0, w[0] >= info["threshold"])
+        assert info["means"] == pytest.approx([1.0, 3.0], rel=1e-9)
+        assert info["stds"] == pytest.approx([noise.std(), signal.std()], rel=1e-9)
+        assert info["weights"] == pytest.approx([0.8, 0.2], rel=1e-9)
+        assert info["converged"] is True and info["method"] == method
+    assert 2.0 < expected["intersection"] < 2.1  # equal spreads: the smaller signal moves the cut above 2
+    assert (to_numpy(select_mixture_model_targets(w, include_tf=False, device="cpu")[0]) > 0).sum() == 200
+
+
+def test_mixture_global_fit_and_per_tf_fits():
+    noise, signal = cluster(1.0, 0.1, 600), cluster(2.5, 0.1, 200)
+    other_noise, other_signal = cluster(10.0, 0.3, 500), cluster(14.0, 0.2, 300)
+    # one fit over all TFs: the two rows hold halves of one sample
+    pooled = np.r_[noise, signal]
+    w = np.vstack([pooled[0::2], pooled[1::2]])
+    out, info = select_mixture_model_targets(w, include_tf=False, device="cpu")
+    assert info["threshold"] == pytest.approx(crossing(noise, signal), rel=1e-9)
+    np.testing.assert_array_equal(to_numpy(out) > 0, w >= info["threshold"])
+    # per TF: each row its own fit, as if it were alone
+    w = np.vstack([np.r_[noise, signal], np.r_[other_noise, other_signal]])
+    out, info = select_mixture_model_targets(w, include_tf=False, device="cpu", per_tf=True)
+    assert info["threshold"] == pytest.approx([crossing(noise, signal), crossing(other_noise, other_signal)], rel=1e-9)
+    np.testing.assert_allclose(info["means"], [[1.0, 2.5], [10.0, 14.0]], rtol=1e-9)
+    assert info["converged"] == [True, True] and info["method"] == "intersection"
+    np.testing.assert_array_equal(to_numpy(out) > 0, w >= np.array(info["threshold"])[:, None])
+    alone = select_mixture_model_targets(w[1:], include_tf=False, device="cpu")[1]
+    assert alone["threshold"] == info["threshold"][1] and alone["means"] == info["means"][1]
+    # one fit over both rows mixes their scales: the cut lands between the rows, not within each
+    pooled_fit = select_mixture_model_targets(w, include_tf=False, device="cpu")[1]
+    assert 3.0 < pooled_fit["threshold"] < 9.0
+
+
+def test_mixture_three_components_signal_is_the_highest():
+    low, middle, high = cluster(1.0, 0.1, 300), cluster(3.0, 0.1, 300), cluster(5.0, 0.1, 300)
+    w = np.r_[low, middle, high][None]
+    out, info = select_mixture_model_targets(w, n_components=3, method="posterior", include_tf=False, device="cpu")
+    assert info["means"] == pytest.approx([1.0, 3.0, 5.0], rel=1e-9)
+    np.testing.assert_array_equal(to_numpy(out)[0] > 0, w[0] >= 4)  # the highest component only
+    info = select_mixture_model_targets(w, n_components=3, include_tf=False, device="cpu")[1]
+    assert info["threshold"] == pytest.approx(crossing(low, high), rel=1e-9)  # noise and signal components
+    info = select_mixture_model_targets(w, n_components=3, method="noise_quantile", include_tf=False, device="cpu")[1]
+    assert info["threshold"] == pytest.approx(low.mean() + 2 * low.std(), rel=1e-9)
+
+
+def test_mixture_without_weights_to_split_keeps_them_all():
+    w = np.array([[0.5, 0.1, 0.0, -1.0], [0.0, 0.0, 0.0, 0.0]])
+    out, info = select_mixture_model_targets(w, include_tf=False, device="cpu", per_tf=True)
+    np.testing.assert_array_equal(to_numpy(out), np.where(w > 0, w, 0))
+    assert info["threshold"] == [0.1, 0.0] and info["means"] == [[], []] and info["converged"] == [False, False]
+    out, info = select_mixture_model_targets(np.zeros((2, 3)), include_tf=False, device="cpu")
+    assert not to_numpy(out).any() and info["threshold"] == 0.0 and info["means"] == []
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(n_components=1), "2 or more"),
+    (dict(n_components=2.5), "positive integer"),
+    (dict(method="mean"), "'intersection', 'posterior', 'noise_quantile'"),
+    (dict(per_tf="yes"), "True or False"),
+    (dict(tol=0), "tol"),
+])
+def test_mixture_errors(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        select_mixture_model_targets(np.ones((2, 5)), device="cpu", **kwargs)
+
+
+def three_segments():
+    """101 weights falling steeply, then moderately, then slowly (corners at positions 10 and 40).
+
+    On Kneedle's scaled axes the segments have slopes -5, -4/3 and -1/6, so the knee (where
+    the slope falls to -sensitivity) is at 40 for sensitivity in (1/6, 4/3), at 10 in (4/3, 5).
+    """
+    x = np.linspace(0, 1, 101)
+    y = np.interp(x, [0, 0.1, 0.4, 1], [1, 0.5, 0.1, 0])
+    return 1 + 9 * y
+
+
+@pytest.mark.parametrize("sensitivity, knee", [(0.1, 100), (1.0, 40), (2.0, 10), (6.0, 0)])
+def test_knee_sensitivity_moves_the_knee_earlier(sensitivity, knee):
+    curve = three_segments()
+    w = np.random.default_rng(0).permutation(np.r_[curve, np.zeros(9)])[None]
+    out, info = select_knee_targets(w, sensitivity=sensitivity, include_tf=False, device="cpu")
+    assert info == {"threshold": pytest.approx(curve[knee], rel=1e-12), "knee_index": knee, "per_tf": False}
+    np.testing.assert_array_equal(to_numpy(out)[0] > 0, w[0] >= curve[knee])
+
+
+def test_knee_global_over_all_tfs_and_per_tf():
+    steep = np.linspace(100, 10, 10)  # the global curve: 10 steep weights, then 190 nearly flat ones
+    flat = np.linspace(10, 9, 191)[1:]
+    w = np.vstack([np.r_[steep, flat[0::2]], np.r_[np.zeros(10), flat[1::2]]])
+    out, info = select_knee_targets(w, include_tf=False, device="cpu")
+    assert info == {"threshold": 10.0, "knee_index": 9, "per_tf": False}
+    np.testing.assert_array_equal(to_numpy(out) > 0, w >= 10.0)  # the second TF keeps nothing
+    out, info = select_knee_targets(w, per_tf=True, include_tf=False, device="cpu")
+    assert info == {"threshold": [10.0, flat[-1]], "knee_index": [9, 94], "per_tf": True}
+    np.testing.assert_array_equal(to_numpy(out) > 0, [w[0] >= 10.0, w[1] > 0])  # a straight line: no knee
+    out, info = select_knee_targets(np.zeros((2, 3)), per_tf=True, device="cpu")
+    assert not to_numpy(out).any() and info["knee_index"] == [-1, -1] and info["threshold"] == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("kwargs", [dict(sensitivity=0), dict(sensitivity=-1.0), dict(sensitivity=math.nan),
+                                    dict(sensitivity="1"), dict(per_tf=1)])
+def test_knee_errors(kwargs):
+    with pytest.raises(InputError):
+        select_knee_targets(np.ones((2, 5)), device="cpu", **kwargs)
 
 @pytest.mark.gpu
 @cuda
@@ -412,7 +563,12 @@ def test_cuda_equals_cpu():
     w, tfs = w[in_genes], [tfs[i] for i in in_genes]
     kwargs = dict(params, expression=expression, keep_only_activating=False)
     assert build_modules(w, tfs, genes, device="cuda", **kwargs) == build_modules(w, tfs, genes, device="cpu", **kwargs)
-    for select in (select_topk_targets, select_top_n_per_target, select_mixture_model_targets, select_knee_targets):
+    for select in (select_topk_targets, select_top_n_per_target, per_tf(select_mixture_model_targets),
+                   per_tf(select_knee_targets)):
         np.testing.assert_array_equal(to_numpy(select(w, device="cuda")), to_numpy(select(w, device="cpu")))
+    for select in (select_mixture_model_targets, select_knee_targets):  # one fit over the whole table
+        (on_gpu, gpu_info), (on_cpu, cpu_info) = select(w, device="cuda"), select(w, device="cpu")
+        np.testing.assert_array_equal(to_numpy(on_gpu), to_numpy(on_cpu))
+        assert gpu_info["threshold"] == pytest.approx(cpu_info["threshold"], rel=1e-9)
     for q in (10, 50, 75, 90):
         assert positive_weight_percentile(torch.from_numpy(w).cuda(), q) == positive_weight_percentile(w, q)

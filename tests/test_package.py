@@ -4,6 +4,8 @@ import inspect
 import subprocess
 import sys
 
+import pytest
+
 import flashscenic
 
 
@@ -52,3 +54,81 @@ def test_run_flashscenic_signature_is_the_documented_one():
         assert params[name].default == default, name
         if name != "species":
             assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+
+
+# Each documented function (flashscenic's API reference, upstream 0.2.0 and later) -> its documented
+# parameters in order: (name, default), all positional-or-keyword; REQUIRED has no default.
+REQUIRED = inspect.Parameter.empty
+DEVICE = ("device", "cuda")
+ADJ = ("adj", REQUIRED)
+DOCUMENTED = {
+    "get_aucell": [("exp_array", REQUIRED), ("adj_array", REQUIRED), ("k", 50), ("auc_threshold", 0.05), DEVICE,
+                   ("batch_size", 32), ("seed", None)],
+    "CisTargetPruner": [("rank_threshold", 5000), ("auc_threshold", 0.05), ("nes_threshold", 3.0), DEVICE,
+                        ("min_genes_per_regulon", 0), ("merge_strategy", "union")],
+    "CisTargetPruner.load_database": [("paths", REQUIRED), ("database_names", None)],
+    "CisTargetPruner.load_annotations": [("annotation_file", REQUIRED), ("filter_for_annotation", True),
+                                         ("motif_similarity_fdr", 0.001), ("orthologous_identity_threshold", 0.0)],
+    "CisTargetPruner.load_from_tensor": [("rankings", REQUIRED), ("motif_names", None), ("gene_names", None)],
+    "CisTargetPruner.genes_to_indices": [("genes", REQUIRED)],
+    "CisTargetPruner.prune": [("module_gene_indices", REQUIRED), ("weights", None), ("tf_name", None)],
+    "CisTargetPruner.prune_batch": [("modules", REQUIRED), ("weights_list", None)],
+    "CisTargetPruner.get_enriched_motif_names": [("result", REQUIRED)],
+    "CisTargetPruner.get_leading_edge_genes": [("result", REQUIRED), ("module_gene_indices", REQUIRED)],
+    "CisTargetPruner.prune_modules": [("modules", REQUIRED), ("tf_names", REQUIRED), ("gene_names", REQUIRED),
+                                      ("weights_list", None)],
+    "CisTargetPruner.clear_gpu_memory": [],
+    "MotifAnnotation.load_from_file": [("fname", REQUIRED), ("motif_similarity_fdr", 0.001),
+                                       ("orthologous_identity_threshold", 0.0), ("column_names", None)],
+    "MotifAnnotation.has_annotation": [("motif_id", REQUIRED), ("tf_name", None)],
+    "MotifAnnotation.get_annotation": [("motif_id", REQUIRED), ("tf_name", None)],
+    "filter_by_annotations": [("result", REQUIRED), ("motif_names", REQUIRED), ("motif_annotations", REQUIRED),
+                              ("filter_for_annotation", True), ("tf_name", None)],
+    "compute_recovery_aucs": [("rankings", REQUIRED), ("module_gene_indices", REQUIRED), ("rank_threshold", REQUIRED),
+                              ("auc_threshold", REQUIRED), ("weights", None)],
+    "compute_nes": [("aucs", REQUIRED)],
+    "prune_single_module": [("rankings", REQUIRED), ("module_gene_indices", REQUIRED), ("rank_threshold", 5000),
+                            ("auc_threshold", 0.05), ("nes_threshold", 3.0), ("weights", None)],
+    "select_topk_targets": [ADJ, ("k", 50), ("include_tf", True), ("tf_indices", None), DEVICE],
+    "select_threshold_targets": [ADJ, ("threshold", 0.0), ("percentile", None), ("include_tf", True),
+                                 ("tf_indices", None), DEVICE],
+    "select_top_n_per_target": [ADJ, ("n", 5), ("include_tf", True), ("tf_indices", None), DEVICE],
+    "select_mixture_model_targets": [ADJ, ("n_components", 2), ("method", "intersection"), ("include_tf", True),
+                                     ("tf_indices", None), DEVICE],
+    "select_knee_targets": [ADJ, ("sensitivity", 1.0), ("per_tf", False), ("include_tf", True), ("tf_indices", None),
+                            DEVICE],
+    "filter_by_min_targets": [ADJ, ("min_targets", 20), ("min_fraction", None), DEVICE],
+    "filter_by_mapped_fraction": [ADJ, ("reference_indices", None), ("min_fraction", 0.8), DEVICE],
+    "get_target_indices": [ADJ, DEVICE],
+    "binarize": [ADJ, DEVICE],
+    "to_numpy": [("tensor", REQUIRED)],
+    "download_data": [("species", "human"), ("version", "v10"), ("datasource", "scenic"), ("cache_dir", None),
+                      ("force", False)],
+    "list_available_resources": [("datasource", None), ("species", None), ("version", None)],
+    "regulon_specificity_scores": [("auc_matrix", REQUIRED), ("cell_type_labels", REQUIRED), ("regulon_names", None)],
+    "regulons_to_adjacency": [("regulons", REQUIRED), ("gene_names", REQUIRED)],
+}
+@pytest.mark.parametrize("qualname", DOCUMENTED)
+def test_documented_signature(qualname):
+    """Documented parameters come first, in order, with their kinds and defaults; anything of
+    ours beyond them is keyword-only, so no documented positional call can change meaning."""
+    obj = flashscenic
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    params = [p for p in inspect.signature(obj).parameters.values() if p.name != "self"]
+    documented = DOCUMENTED[qualname]
+    got = [(p.name, p.kind, type(p.default), p.default) for p in params[: len(documented)]]
+    expected = [(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, type(default), default) for name, default in documented]
+    assert got == expected
+    extras = params[len(documented):]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in extras), [p.name for p in extras]
+
+
+def test_every_public_name_has_a_docstring():
+    for name in flashscenic.__all__:
+        obj = getattr(flashscenic, name)
+        if inspect.isclass(obj) or inspect.isroutine(obj):
+            doc = obj.__doc__ or ""  # a class's own, never inherited
+            assert doc.strip() and not doc.startswith(f"{name}("), name  # not a dataclass's generated one
+        else:  # a constant cannot carry a docstring: its module's docstring documents it
+            assert f"``{name}``" in sys.modules[f"flashscenic.{flashscenic._API[name]}"].__doc__, name
