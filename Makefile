@@ -41,6 +41,8 @@ bench: install $(REF)/.installed
 	$(BIN)/python benchmarks/store.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/scale.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/worker_allocator.py --out BENCHMARKS.md
+	$(BIN)/python benchmarks/multi_run.py --out BENCHMARKS.md
+	$(BIN)/python benchmarks/multi_run.py --memory --out BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) .venv-ref build *.egg-info .pytest_cache

@@ -84,6 +84,7 @@ _API = {
     "evaluate_regulons": "simulate",
     "run_flashscenic": "pipeline",
     "run_pipeline": "pipeline",
+    "multi_run_flashscenic": "pipeline",
     "Params": "params",
     "prepare_resources": "stages",
     "Resources": "stages",

@@ -59,7 +59,8 @@ def infer_grn(expression, gene_names, tf_names, *, n_steps: int = 1000, sparsity
         Training iterations.
     sparsity_threshold
         Weights below it become 0 (negative weights always do: they are not evidence of
-        repression by themselves).
+        repression by themselves). None keeps the raw weights (multi-run consensus averages
+        raw runs, then thresholds the mean, as upstream's ``multi_run_flashscenic``).
     max_cells
         Train on at most this many cells, sampled with ``seed`` (None: all).
     memory_efficient
@@ -92,7 +93,7 @@ def infer_grn(expression, gene_names, tf_names, *, n_steps: int = 1000, sparsity
             f"none of the {len(wanted)} TFs is among the {n_genes} genes (TFs start {sorted(wanted)[:3]}, "
             f"genes start {gene_names[:3]}): check the species and the gene identifiers (symbols vs Ensembl IDs)"
         )
-    if isinstance(sparsity_threshold, bool) or not np.isfinite(sparsity_threshold):
+    if sparsity_threshold is not None and (isinstance(sparsity_threshold, bool) or not np.isfinite(sparsity_threshold)):
         raise InputError(f"sparsity_threshold must be a finite number, got {sparsity_threshold!r}")
 
     rng = np.random.default_rng(seed)
@@ -131,7 +132,8 @@ def infer_grn(expression, gene_names, tf_names, *, n_steps: int = 1000, sparsity
     tf_rows = position[tf_columns]
     ok = tf_rows >= 0
     weights[np.ix_(np.flatnonzero(ok), varying_index)] = learned[tf_rows[ok]]
-    weights[weights < sparsity_threshold] = 0.0
+    if sparsity_threshold is not None:
+        weights[weights < sparsity_threshold] = 0.0
     return GRNResult(weights, [gene_names[j] for j in tf_columns], gene_names)
 
 

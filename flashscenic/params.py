@@ -22,7 +22,8 @@ from typing import Any
 
 from .errors import InputError
 
-__all__ = ["Params", "DEVICES", "MERGE_STRATEGIES", "EXPORT_FORMATS", "CLI_DEFAULTS", "DEFAULT_DASHBOARD"]
+__all__ = ["Params", "DEVICES", "MERGE_STRATEGIES", "EXPORT_FORMATS", "CLI_DEFAULTS", "STORE_PIPELINE_ONLY",
+           "DEFAULT_DASHBOARD"]
 
 DEFAULT_SPECIES, DEFAULT_VERSION, DEFAULT_DATASOURCE = "human", "v10", "scenic"  # of downloaded resources
 DEVICES = ("auto", "cpu", "cuda")
@@ -37,6 +38,9 @@ EXPORT_FORMATS = {  # export_results' formats -> default file name
     "anndata": "aucell.h5ad",
     "loom": "scope.loom",
 }
+
+# fields that are not run_flashscenic's: the store pipeline's own (multi_run_flashscenic has n_runs, cv_threshold)
+STORE_PIPELINE_ONLY = ("grn_max_cells", "grn_runs", "grn_cv_threshold")
 
 # name -> (command-line default, why it differs from the API's)
 CLI_DEFAULTS: dict[str, tuple[Any, str]] = {
@@ -149,7 +153,8 @@ class Params:
     Build it with keywords (``Params(grn_n_steps=500, seed=0)``) or from a mapping
     (``Params.from_dict({...})``, which names an unknown key); change it with
     ``params.replace(...)``. The fields, their defaults and their meaning are those of
-    ``run_flashscenic``; ``grn_max_cells`` is the store pipeline's own.
+    ``run_flashscenic``, but for ``STORE_PIPELINE_ONLY`` (``multi_run_flashscenic`` names the
+    run count and CV threshold ``n_runs`` and ``cv_threshold``).
     """
 
     species: str = _param(DEFAULT_SPECIES, "Species of the downloaded resources: 'human', 'mouse' or 'drosophila'.",
@@ -174,6 +179,13 @@ class Params:
     grn_max_cells: int | None = _param(
         None, "Train the GRN on at most this many cells, sampled with the seed (None: every cell).",
         _integer(1, optional=True), group="grn", kind=int)
+    grn_runs: int = _param(
+        1, "RegDiffusion runs (seeds spawned from the seed) whose mean network is the consensus; each run is a task "
+        "of its own, and the run's recurrence of each regulon over the runs is stored.", _integer(1), group="grn",
+        kind=int)
+    grn_cv_threshold: float | None = _param(
+        None, "Drop consensus edges whose coefficient of variation over the runs (std / |mean|) reaches this "
+        "(None: keep every edge).", _number(0, open_low=True, optional=True), group="grn", kind=float)
     module_k: int = _param(50, "Size of the top{k} modules: each TF's k strongest targets.", _integer(1),
                            group="module", kind=int)
     module_percentile_thresholds: tuple[float, ...] = _param(

@@ -36,15 +36,16 @@ from . import _runfolder
 from ._utils import is_anndata
 from .errors import InputError, MissingFileError, ResumeMismatchError, RunExistsError
 from .executors import InProcessExecutor
-from .params import Params
-from .stages import (Resources, aucell_block, aucell_chunk_task, grn_task, infer_weights, make_modules,
-                     merge_pruned, prune_task, regulon_matrix, require_regdiffusion, resources_of, tf_shards)
+from .params import STORE_PIPELINE_ONLY, Params
+from .stages import (Resources, aucell_block, aucell_chunk_task, grn_run_task, grn_task, infer_weights,
+                     make_modules, merge_pruned, prune_task, regulon_matrix, regulons_of, require_regdiffusion,
+                     resources_of, sparse_weights, tf_shards)
 
-__all__ = ["run_flashscenic", "run_pipeline"]
+__all__ = ["run_flashscenic", "multi_run_flashscenic", "run_pipeline"]
 
 logger = logging.getLogger(__name__)
 
-_API_PARAMS = [n for n in Params.names() if n != "grn_max_cells"]  # run_flashscenic's, in its order
+_API_PARAMS = [n for n in Params.names() if n not in STORE_PIPELINE_ONLY]  # run_flashscenic's, in its order
 
 
 # ----------------------------------------------------------------------------- in memory
@@ -120,31 +121,167 @@ def run_flashscenic(
     """
     arguments = locals()
     params = Params(**{n: arguments[n] for n in _API_PARAMS}).with_seed()
+    return _in_memory(exp_matrix, gene_names, params, adj_matrix=adj_matrix)
+
+
+def multi_run_flashscenic(
+    exp_matrix,
+    gene_names: Sequence[str],
+    species: str = "human",
+    *,
+    n_runs: int = 5,
+    cv_threshold: float | None = None,
+    return_adj_matrices: bool = False,
+    seeds: Sequence[int] | None = None,
+    consensus: str = "mean",
+    min_recurrence: float = 0.5,
+    datasource: str = "scenic",
+    version: str = "v10",
+    cache_dir: str | None = None,
+    tf_list_path: str | None = None,
+    ranking_db_paths: Sequence[str] | None = None,
+    motif_annotation_path: str | None = None,
+    grn_n_steps: int = 1000,
+    grn_sparsity_threshold: float = 1.5,
+    module_k: int = 50,
+    module_percentile_thresholds: Sequence[float] = (75,),
+    module_top_n_per_target: Sequence[int] = (5, 10, 50),
+    module_min_targets: int = 20,
+    module_min_fraction: float | None = None,
+    module_include_tf: bool = True,
+    pruning_rank_threshold: int = 5000,
+    pruning_auc_threshold: float = 0.05,
+    pruning_nes_threshold: float = 3.0,
+    pruning_min_genes: int = 0,
+    pruning_merge_strategy: str = "union",
+    annotation_motif_similarity_fdr: float = 0.001,
+    annotation_orthologous_identity: float = 0.0,
+    aucell_k: int | None = None,
+    aucell_auc_threshold: float = 0.05,
+    aucell_batch_size: int = 32,
+    device: str = "cuda",
+    seed: int | None = None,
+    verbose: bool = True,
+) -> dict:
+    """SCENIC on a consensus of ``n_runs`` GRN runs: RegDiffusion is stochastic, one seed is one network.
+
+    Each run trains RegDiffusion with its own seed (``seeds``, else spawned from ``seed`` with
+    ``numpy.random.SeedSequence``); the runs' weights are averaged (a running mean and
+    variance: memory of one network, not ``n_runs``), edges whose coefficient of variation
+    (std / |mean|) over the runs reaches ``cv_threshold`` are dropped, and modules, pruning and
+    AUCell run once on that consensus (``consensus='mean'``). Each run's own network also goes
+    through modules and pruning, so every regulon gets its recurrence: the fraction of runs
+    that found it (and, per target gene, that found it with that gene). ``consensus=
+    'recurrence'`` scores instead the regulons found in at least ``min_recurrence`` of the
+    runs, with the targets found in at least that fraction.
+
+    Parameters
+    ----------
+    exp_matrix, gene_names, species
+        As ``run_flashscenic``; every other ``run_flashscenic`` parameter too (keywords).
+    n_runs
+        GRN runs.
+    cv_threshold
+        Drop consensus edges whose CV over the runs reaches this (None: keep every edge).
+    return_adj_matrices
+        Also return each run's TF x gene weights (``adj_matrices``; memory: ``n_runs`` networks).
+    seeds
+        One seed per run (``len(seeds) == n_runs``); default: spawned from ``seed``.
+    consensus
+        ``'mean'`` (the mean network) or ``'recurrence'`` (recurrent regulons).
+    min_recurrence
+        With ``consensus='recurrence'``: the fraction of runs a regulon and a target must reach.
+
+    Returns
+    -------
+    dict
+        What ``run_flashscenic`` returns, plus ``adj_mean`` and ``adj_cv`` (TF x gene, rows
+        ``adj_tf_names``), ``adj_matrices`` (or None), ``n_runs``, ``cv_threshold``,
+        ``n_edges_cv_filtered``, ``regulon_recurrence`` (name -> fraction of runs),
+        ``target_recurrence`` (name -> {gene -> fraction}); ``parameters['seeds']``.
+    """
+    from .consensus import run_seeds
+
+    arguments = locals()
+    params = Params(**{n: arguments[n] for n in _API_PARAMS}, grn_runs=n_runs, grn_cv_threshold=cv_threshold)
+    params = params.with_seed()
+    if consensus not in ("mean", "recurrence"):
+        raise InputError(f"consensus must be 'mean' or 'recurrence', got {consensus!r}")
+    if isinstance(min_recurrence, bool) or not isinstance(min_recurrence, (int, float)) or not 0 < min_recurrence <= 1:
+        raise InputError(f"min_recurrence must be a number in (0, 1], got {min_recurrence!r}")
+    runs = {"seeds": run_seeds(params.seed, n_runs, seeds), "return_adj_matrices": bool(return_adj_matrices),
+            "consensus": consensus, "min_recurrence": float(min_recurrence)}
+    return _in_memory(exp_matrix, gene_names, params, runs=runs)
+
+
+def _in_memory(exp_matrix, gene_names, params: Params, *, adj_matrix=None, runs: dict | None = None) -> dict:
+    """The in-memory pipeline: one GRN (or ``adj_matrix``), or the consensus of ``runs``."""
     gene_names = _gene_names(gene_names, exp_matrix.shape[1])
     _check_finite(exp_matrix)
     if adj_matrix is None:
         require_regdiffusion()
     resources = resources_of(params)
     tf_names = resources.check(gene_names, params)
-    parameters = {**params.as_dict(), **resources.as_parameters()}
-    del parameters["grn_max_cells"]
+    parameters = {k: v for k, v in {**params.as_dict(), **resources.as_parameters()}.items()
+                  if k not in STORE_PIPELINE_ONLY}
+    out: dict = {}
 
     timer = _Timer(params.verbose)
     with timer("grn"):
-        weights, tf_names = infer_weights(exp_matrix, gene_names, tf_names, params, adjacencies=adj_matrix)
-    with timer("modules"):
-        modules = make_modules(weights, tf_names, gene_names, params)
-    with timer("pruning"):
-        tables = [prune_task(str(db), modules, str(resources.motif_annotation), params)
-                  for db in resources.ranking_databases]
-        _, regulons = merge_pruned(tables, modules, params, resources)
+        if runs is None:
+            weights, tf_names = infer_weights(exp_matrix, gene_names, tf_names, params, adjacencies=adj_matrix)
+        else:
+            weights, tf_names, out = _consensus_in_memory(exp_matrix, gene_names, tf_names, params, resources, runs)
+            parameters.update(seeds=runs["seeds"], n_runs=len(runs["seeds"]), cv_threshold=params.grn_cv_threshold,
+                              consensus=runs["consensus"], min_recurrence=runs["min_recurrence"])
+    if runs is not None and runs["consensus"] == "recurrence":
+        from .consensus import recurrent_regulons
+
+        regulons = recurrent_regulons(out["runs"], runs["min_recurrence"])
+        if not regulons:
+            raise InputError(f"no regulon was found in at least min_recurrence={runs['min_recurrence']} of the "
+                             f"{len(runs['seeds'])} runs; lower min_recurrence or use consensus='mean'")
+    else:
+        with timer("modules"):
+            modules = make_modules(weights, tf_names, gene_names, params)
+        with timer("pruning"):
+            tables = [prune_task(str(db), modules, str(resources.motif_annotation), params)
+                      for db in resources.ranking_databases]
+            _, regulons = merge_pruned(tables, modules, params, resources)
+    if runs is not None:
+        regulons = [{**r, "recurrence": float(out["regulon_recurrence"].get(r["name"], 0.0))} for r in regulons]
+        del out["runs"]
     with timer("aucell"):
         names, adjacency = regulon_matrix(regulons, gene_names)
         auc = aucell_block(exp_matrix, adjacency, params)
     parameters["timings"] = timer.seconds
     timer.log("%d regulons scored in %d cells (%s)", len(names), auc.shape[0], timer)
     return {"auc_scores": auc, "regulon_names": names, "regulons": regulons, "regulon_adj": adjacency,
-            "parameters": parameters}
+            "parameters": parameters, **out}
+
+
+def _consensus_in_memory(exp_matrix, gene_names, tf_names, params: Params, resources: Resources, runs: dict):
+    """The runs one after another, added in run order; each run's regulons for the recurrence."""
+    from .consensus import WeightMoments, cv_filter, regulon_recurrence
+    from .stages import regulons_of, sparse_weights
+
+    moments, matrices, found = WeightMoments(), [], []
+    for seed in runs["seeds"]:
+        weights, tf_rows = infer_weights(exp_matrix, gene_names, tf_names, params.replace(seed=seed), raw=True)
+        moments.add(weights)
+        if runs["return_adj_matrices"]:
+            matrices.append(weights)
+        found.append(regulons_of(sparse_weights(weights, params), tf_rows, gene_names, params, resources,
+                                 InProcessExecutor(), 1))
+    mean, cv = moments.mean(), moments.cv()
+    consensus, n_filtered = cv_filter(mean, cv, params.grn_cv_threshold)
+    consensus = sparse_weights(consensus, params)
+    recurrence, targets = regulon_recurrence(found)
+    return consensus, tf_rows, {"adj_mean": mean, "adj_cv": cv, "adj_tf_names": tf_rows,
+                                "adj_matrices": matrices if runs["return_adj_matrices"] else None,
+                                "n_runs": len(runs["seeds"]), "cv_threshold": params.grn_cv_threshold,
+                                "n_edges_cv_filtered": n_filtered, "regulon_recurrence": recurrence,
+                                "target_recurrence": targets, "runs": found}
 
 
 run_flashscenic.__doc__ = run_flashscenic.__doc__.format(parameters=Params.numpydoc(_API_PARAMS))
@@ -293,6 +430,9 @@ def run_pipeline(
     adjacency_table, adjacency_print = _adjacencies(adjacencies)
     if adjacency_table is None:
         require_regdiffusion()
+    elif params.grn_runs > 1 or params.grn_cv_threshold is not None:
+        raise InputError("grn_runs and grn_cv_threshold repeat GRN inference; with adjacencies there is none to "
+                         "repeat (drop --adjacencies or --grn-runs)")
     start_executor = _executor_starter(executor)
     with folder.lock(), contextlib.ExitStack() as cleanup:
         candidates = _existing_runs(folder, resume=resume, overwrite=overwrite)
@@ -532,15 +672,19 @@ def _stages(results, store, tf_names, params: Params, resources: Resources, adja
     elif results.is_complete("grn"):
         weights, tf_rows, _ = results.read_tf_gene_weights()
     else:
+        info = {}
         with timer("grn"), executor.stage("grn"):
-            if adjacencies is None:
+            if adjacencies is not None:
+                weights, tf_rows = infer_weights(None, gene_names, tf_names, params, adjacencies=adjacencies)
+            elif params.grn_runs == 1:
                 [(weights, tf_rows)] = executor.map(grn_task, [(expression, tf_names, params, run_id)],
                                                     description="GRN", gpu=True, verbose=False)
             else:
-                weights, tf_rows = infer_weights(None, gene_names, tf_names, params, adjacencies=adjacencies)
+                weights, tf_rows, info = _grn_runs(results, expression, gene_names, tf_names, params, run_id,
+                                                   executor)
             results.write_tf_gene_weights(weights, tf_rows, gene_names)
             results.write_adjacencies(weights_to_adjacencies(weights, tf_rows, gene_names))
-        _mark(results, timer, "grn", n_tfs=len(tf_rows))
+        _mark(results, timer, "grn", n_tfs=len(tf_rows), **info)
 
     if results.is_complete("pruning"):
         regulons = results.read_regulons()
@@ -555,6 +699,9 @@ def _stages(results, store, tf_names, params: Params, resources: Resources, adja
                      for db in resources.ranking_databases for shard in shards]
             tables = executor.map(prune_task, tasks, description="pruning", verbose=params.verbose)
             table, regulons = merge_pruned(tables, modules, params, resources)
+            if params.grn_runs > 1 and adjacencies is None:
+                regulons = _with_recurrence(results, regulons, gene_names, params, resources, executor,
+                                            n_prune_shards or executor.slots)
             results.write_motifs(table)
             results.write_regulons(regulons, gene_names, weighted=False)
         _mark(results, timer, "pruning", n_regulons=len(regulons))
@@ -574,6 +721,48 @@ def _stages(results, store, tf_names, params: Params, resources: Resources, adja
             results.finish_auc()
         _mark(results, timer, "auc", n_regulons=len(names), n_chunks=n_chunks, chunks_scored=len(missing),
               chunk_cells=results.chunk_rows)
+
+
+def _grn_runs(results, expression: str, gene_names: list[str], tf_names, params: Params, run_id: str, executor):
+    """``grn_runs`` GRN tasks (kept on resume), then their consensus: the mean network, with the
+    edges whose CV over the runs reaches ``grn_cv_threshold`` dropped. Runs are read back and
+    added in run order, one at a time: the same bits on any executor, the memory of one run."""
+    from .consensus import WeightMoments, cv_filter, run_seeds
+
+    seeds = run_seeds(params.seed, params.grn_runs)
+    tf_set = set(tf_names)
+    tf_rows = [g for g in gene_names if g in tf_set]  # infer_grn's rows: the TFs in gene order
+    results.init_grn_runs(seeds, tf_rows, gene_names)
+    missing = results.missing_grn_runs()
+    path = str(Path(results.path).resolve())
+    executor.map(grn_run_task, [(path, expression, tf_names, params.replace(seed=seeds[i]), run_id, i)
+                                for i in missing], description="GRN runs", gpu=True, verbose=params.verbose)
+    moments = WeightMoments()
+    for index in range(len(seeds)):
+        moments.add(results.read_grn_run(index))
+    weights, n_filtered = cv_filter(moments.mean(), moments.cv(), params.grn_cv_threshold)
+    return sparse_weights(weights, params), tf_rows, {"n_runs": len(seeds), "seeds": seeds, "runs_computed": len(missing),
+                              "cv_threshold": params.grn_cv_threshold, "n_edges_cv_filtered": n_filtered}
+
+
+def _with_recurrence(results, regulons: list[dict], gene_names, params: Params, resources, executor,
+                     n_shards: int) -> list[dict]:
+    """Each run's own network through modules and pruning: store how often each regulon (and each
+    of its targets) recurs over the runs, and give each consensus regulon its ``recurrence``."""
+    import pandas as pd
+
+    from .consensus import regulon_recurrence
+
+    tf_rows = results.read_tf_gene_weights()[1]
+    runs = [regulons_of(sparse_weights(results.read_grn_run(i), params), tf_rows, gene_names, params, resources,
+                        executor, n_shards) for i in range(len(results.grn_run_seeds))]
+    recurrence, targets = regulon_recurrence(runs)
+    results.write_table("regulon_recurrence", pd.DataFrame({"regulon": list(recurrence),
+                                                            "recurrence": list(recurrence.values())}))
+    results.write_table("target_recurrence", pd.DataFrame(
+        [(name, gene, fraction) for name, genes in targets.items() for gene, fraction in genes.items()],
+        columns=["regulon", "gene", "recurrence"]))
+    return [{**r, "recurrence": float(recurrence.get(r["name"], 0.0))} for r in regulons]
 
 
 def _mark(results, timer: _Timer, stage: str, **info) -> None:

@@ -138,6 +138,7 @@ def write_report(
     _summary(page, store, auc, labels)
     _per_type_sections(page, auc, labels, int(top_n), stored[1] if stored is not None else None)
     _regulon_section(page, store)
+    _recurrence_section(page, store)
     _motif_section(page, store)
     _timing_section(page, store)
     _parameter_section(page, store)
@@ -393,6 +394,25 @@ def _regulon_section(page: _Page, store: ResultsStore) -> None:
     body = _columns(_figure("sizes", image, f"Histogram of regulon sizes ({_count(len(sizes), 'regulon')})", caption),
                     "<h3>Largest regulons</h3>" + _table(rows, header=("Regulon", "TF", "Type", "Genes", "Score")))
     page.section("regulons", "Regulon sizes", body)
+
+
+def _recurrence_section(page: _Page, store: ResultsStore) -> None:
+    """With several GRN runs (``--grn-runs``): how often each regulon recurs over the runs."""
+    grn = store.stages.get("grn", {})
+    if int(grn.get("n_runs", 1)) < 2:
+        return
+    table = store.read_table("regulon_recurrence").sort_values(["recurrence", "regulon"], ascending=[False, True])
+    scored = {r["name"] for r in store.read_regulons()}
+    always = int((table["recurrence"] == 1.0).sum())
+    caption = (f"{grn['n_runs']} GRN runs (seeds {', '.join(map(str, grn.get('seeds', [])))}); the consensus is "
+               f"their mean network" + (f", edges with a CV of {grn['cv_threshold']:g} or more dropped "
+                                        f"({grn.get('n_edges_cv_filtered', 0):,} edges)" if grn.get("cv_threshold")
+                                        else "") +
+               f". {_count(len(table), 'regulon')} found in at least one run, {always:,} in every run.")
+    rows = [(name, f"{fraction:.0%}", "yes" if name in scored else "no")
+            for name, fraction in zip(table["regulon"], table["recurrence"])][:30]
+    page.section("recurrence", "Regulon recurrence over GRN runs",
+                 _note(caption) + _table(rows, header=("Regulon", "Runs that found it", "In the consensus")))
 
 
 def _motif_section(page: _Page, store: ResultsStore) -> None:

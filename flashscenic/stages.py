@@ -33,7 +33,8 @@ from .params import DEFAULT_DATASOURCE, DEFAULT_SPECIES, DEFAULT_VERSION, Params
 
 __all__ = ["Resources", "prepare_resources", "infer_weights", "make_modules", "prune_task", "merge_pruned",
            "regulon_matrix", "aucell_block", "score_regulons", "require_regdiffusion",
-           "resources_of", "load_annotation"]
+           "resources_of", "load_annotation", "grn_run_task", "regulons_of",
+           "sparse_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def resources_of(params: Params) -> Resources:
 
 
 def infer_weights(expression, gene_names: Sequence[str], tf_names: Sequence[str], params: Params,
-                  adjacencies=None) -> tuple[np.ndarray, list[str]]:
+                  adjacencies=None, raw: bool = False) -> tuple[np.ndarray, list[str]]:
     """TF x gene weights: RegDiffusion on ``expression``, or the user's ``adjacencies``.
 
     Returns the weights (TFs with no positive weight kept as zero rows) and the TF names.
@@ -158,7 +159,8 @@ def infer_weights(expression, gene_names: Sequence[str], tf_names: Sequence[str]
     from .grn import infer_grn
 
     result = infer_grn(expression, gene_names, tf_names, n_steps=params.grn_n_steps,
-                       sparsity_threshold=params.grn_sparsity_threshold, max_cells=params.grn_max_cells,
+                       sparsity_threshold=None if raw else params.grn_sparsity_threshold,
+                       max_cells=params.grn_max_cells,
                        device=params.device, seed=params.seed, verbose=params.verbose)
     return result.weights, list(result.tf_names)
 
@@ -363,11 +365,15 @@ def tf_shards(modules: Sequence, n_shards: int) -> list[list]:
     return shards
 
 
-def grn_task(expression_path: str, tf_names: Sequence[str], params: Params, run_id: str = "") -> tuple[np.ndarray, list[str]]:
+def grn_task(expression_path: str, tf_names: Sequence[str], params: Params, run_id: str = "",
+             raw: bool = False, alone: bool = True) -> tuple[np.ndarray, list[str]]:
     """GRN on one worker: it samples up to ``grn_max_cells`` cells from the store itself.
 
     ``run_id`` is part of the task's key (its arguments), so a task of an earlier run into
-    the same folder, still running on a worker, is never taken for this run's.
+    the same folder, still running on a worker, is never taken for this run's. ``raw``: no
+    sparsity threshold. ``alone``: the only task running, so on a CPU worker (whose torch
+    threads are its share of the host's cores) it may use every core it is allowed; GRN runs
+    of a consensus run side by side and keep their share.
     """
     import torch
 
@@ -376,15 +382,51 @@ def grn_task(expression_path: str, tf_names: Sequence[str], params: Params, run_
     store = open_expression_store(expression_path)
     positions = store.sample_cells(min(params.grn_max_cells or store.n_cells, store.n_cells), seed=params.seed)
     sample = store.read_cells(positions, "csr" if store.layout == "csr" else "dense")
-    # The GRN is the only task running: on a CPU worker (whose torch threads are its share
-    # of the host's cores) it may use every core it is allowed.
     threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(max(threads, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                  else os.cpu_count() or 1))
-        return infer_weights(sample, list(store.gene_names), tf_names, params.replace(grn_max_cells=None))
+        if alone:
+            torch.set_num_threads(max(threads, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                      else os.cpu_count() or 1))
+        return infer_weights(sample, list(store.gene_names), tf_names, params.replace(grn_max_cells=None), raw=raw)
     finally:
         torch.set_num_threads(threads)
+
+
+def grn_run_task(results_path: str, expression_path: str, tf_names: Sequence[str], params: Params, run_id: str,
+                 index: int) -> int:
+    """GRN run ``index`` of a multi-run consensus (``params`` carries the run's seed): its raw
+    weights (not thresholded: the consensus thresholds the mean) go straight into the results
+    store, so the coordinator never holds more than one run."""
+    from .store import open_results_store
+
+    results = open_results_store(results_path)
+    if results.parameters.get("run_id") != run_id:
+        raise InputError(f"{results_path} now holds another run; this GRN task of run {run_id} is obsolete")
+    weights, tf_rows = grn_task(expression_path, tf_names, params, run_id, raw=True, alone=False)
+    results.write_grn_run(index, weights, tf_rows)
+    return index
+
+
+def sparse_weights(weights: np.ndarray, params: Params) -> np.ndarray:
+    """Raw GRN weights with ``grn_sparsity_threshold`` applied (what ``infer_weights`` returns)."""
+    return np.where(weights >= params.grn_sparsity_threshold, weights, 0).astype(np.float32)
+
+
+def regulons_of(weights: np.ndarray, tf_names: Sequence[str], gene_names: Sequence[str], params: Params,
+                resources: Resources, executor, n_shards: int) -> list[dict]:
+    """The regulons of one network (modules, pruning tasks, merge); none when nothing survives."""
+    try:
+        modules = make_modules(weights, tf_names, gene_names, params)
+    except InputError:
+        return []
+    task_params = params.replace(verbose=False) if executor.remote else params
+    tasks = [(str(db), shard, str(resources.motif_annotation), task_params)
+             for db in resources.ranking_databases for shard in tf_shards(modules, n_shards)]
+    try:
+        return merge_pruned(executor.map(prune_task, tasks, description="pruning", verbose=False), modules, params,
+                            resources)[1]
+    except InputError:
+        return []
 
 
 def aucell_chunk_task(results_path: str, expression_path: str, index: int, regulon_adjacency,

@@ -14,10 +14,14 @@ from flashscenic.cli import _parser
 from flashscenic.errors import InputError
 from flashscenic.params import CLI_DEFAULTS, Params
 
-API_EXCLUDED = {"grn_max_cells"}  # the store pipeline's own: run_flashscenic trains on the matrix it is given
+# the store pipeline's own: run_flashscenic trains one GRN on the matrix it is given
+API_EXCLUDED = {"grn_max_cells", "grn_runs", "grn_cv_threshold"}
 
 
 def test_run_flashscenic_signature_is_derived_from_params():
+    from flashscenic.params import STORE_PIPELINE_ONLY
+
+    assert set(STORE_PIPELINE_ONLY) == API_EXCLUDED
     signature = inspect.signature(flashscenic.run_flashscenic).parameters
     fields = [f for f in dataclasses.fields(Params) if f.name not in API_EXCLUDED]
     assert list(signature) == ["exp_matrix", "gene_names", *[f.name for f in fields], "adj_matrix"]

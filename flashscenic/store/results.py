@@ -414,6 +414,43 @@ class ResultsStore:
         array = zarr.open_array(self.path / name, mode="r")
         return np.asarray(array[...]), list(array.attrs["rows"]), list(array.attrs["columns"])
 
+    # GRN runs (multi-run consensus) --------------------------------------------------
+
+    def init_grn_runs(self, seeds: Sequence[int], tf_names: Sequence[str], gene_names: Sequence[str]) -> None:
+        """Room for one TF x gene weight matrix per GRN run (``grn_runs``, a zarr chunk per run) and
+        per-run completion flags. The same seeds and names keep what is written (resume)."""
+        group = self._writable()
+        names = {"seeds": [int(s) for s in seeds], "rows": [str(t) for t in tf_names],
+                 "columns": [str(g) for g in gene_names]}
+        if "grn_runs" in group and dict(group["grn_runs"].attrs) == names:
+            return
+        shape = (len(names["seeds"]), len(names["rows"]), len(names["columns"]))
+        array = group.create_array("grn_runs", shape=shape, chunks=(1, max(1, shape[1]), max(1, shape[2])),
+                                   dtype="float32", compressors=_codecs("values"), fill_value=0.0, overwrite=True)
+        array.attrs.update(names)
+        group.create_array("grn_runs_done", shape=(shape[0],), chunks=(1,), dtype="uint8", fill_value=0,
+                           overwrite=True)
+
+    def write_grn_run(self, index: int, weights, tf_names: Sequence[str]) -> None:
+        """Run ``index``'s weights (rows: ``tf_names``, which must be the runs' TFs), then its flag.
+        Safe from many processes at once: each run is its own zarr chunk."""
+        array = zarr.open_array(self.path / "grn_runs", mode="r+")
+        if list(map(str, tf_names)) != list(array.attrs["rows"]):
+            raise InputError(f"GRN run {index} has other TF rows than the run's {len(array.attrs['rows'])}")
+        array[index] = np.asarray(weights, dtype=np.float32)
+        zarr.open_array(self.path / "grn_runs_done", mode="r+")[index] = 1
+
+    def missing_grn_runs(self) -> list[int]:
+        return np.flatnonzero(zarr.open_array(self.path / "grn_runs_done", mode="r")[:] == 0).tolist()
+
+    def read_grn_run(self, index: int) -> np.ndarray:
+        """Run ``index``'s TF x gene weights (float32)."""
+        return np.asarray(zarr.open_array(self.path / "grn_runs", mode="r")[index])
+
+    @property
+    def grn_run_seeds(self) -> list[int]:
+        return list(zarr.open_array(self.path / "grn_runs", mode="r").attrs["seeds"])
+
     # AUC -----------------------------------------------------------------------------
 
     def init_auc(self, regulon_names: Sequence[str], overwrite: bool = False) -> None:

@@ -1,0 +1,136 @@
+"""Multi-run consensus: multi_run_flashscenic in memory and `flashscenic run --grn-runs` on a cluster."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+
+import flashscenic
+from flashscenic.cli import main
+from flashscenic.store import open_results_store
+
+from test_pipeline import resource_args, sim  # noqa: F401 (the fixture)
+from test_run_life import files  # noqa: F401 (the fixture)
+
+STEPS = 40  # RegDiffusion steps: enough for runs to differ and regulons to be found, fast
+
+
+def test_signature_is_run_flashscenics_with_the_consensus_parameters():
+    single = inspect.signature(flashscenic.run_flashscenic).parameters
+    multi = inspect.signature(flashscenic.multi_run_flashscenic).parameters
+    extra = ["n_runs", "cv_threshold", "return_adj_matrices", "seeds", "consensus", "min_recurrence"]
+    assert list(multi) == ["exp_matrix", "gene_names", "species", *extra,
+                           *[n for n in single if n not in ("exp_matrix", "gene_names", "species", "adj_matrix")]]
+    assert [multi[n].default for n in extra] == [5, None, False, None, "mean", 0.5]
+    for name, parameter in single.items():
+        if name != "adj_matrix":
+            assert multi[name].default == parameter.default and multi[name].kind == parameter.kind, name
+
+
+@pytest.fixture(scope="module")
+def three_runs(sim):  # noqa: F811
+    data, paths = sim
+    return flashscenic.multi_run_flashscenic(data.expression, data.gene_names, **resource_args(paths), n_runs=3,
+                                             grn_n_steps=STEPS, device="cpu", seed=11, verbose=False,
+                                             return_adj_matrices=True)
+
+
+def test_same_seed_same_result_and_the_consensus_is_the_mean_of_the_runs(sim, three_runs):  # noqa: F811
+    data, paths = sim
+    result = three_runs
+    for key in ("auc_scores", "regulon_names", "regulons", "regulon_adj", "adj_mean", "adj_cv", "n_runs",
+                "cv_threshold", "n_edges_cv_filtered", "regulon_recurrence", "target_recurrence"):
+        assert key in result, key
+    assert result["n_runs"] == 3 and len(result["parameters"]["seeds"]) == 3
+    stacked = np.stack(result["adj_matrices"]).astype(np.float64)
+    np.testing.assert_allclose(result["adj_mean"], stacked.mean(axis=0), rtol=1e-6, atol=1e-7)
+    assert not np.array_equal(result["adj_matrices"][0], result["adj_matrices"][1])  # seeds differ, runs differ
+    again = flashscenic.multi_run_flashscenic(data.expression, data.gene_names, **resource_args(paths), n_runs=3,
+                                              grn_n_steps=STEPS, device="cpu", seed=11, verbose=False)
+    assert again["regulon_names"] == result["regulon_names"]
+    assert np.array_equal(again["auc_scores"], result["auc_scores"]) and again["adj_matrices"] is None
+    assert again["parameters"]["seeds"] == result["parameters"]["seeds"]
+
+
+def test_recurrence_is_a_fraction_of_runs(three_runs):
+    recurrence = three_runs["regulon_recurrence"]
+    assert recurrence and all(0 < value <= 1 for value in recurrence.values())
+    assert set(recurrence.values()) <= {1 / 3, 2 / 3, 1.0}
+    for regulon in three_runs["regulons"]:
+        assert regulon["recurrence"] == recurrence.get(regulon["name"], 0.0)
+    for name, genes in three_runs["target_recurrence"].items():
+        assert all(0 < value <= recurrence[name] for value in genes.values())
+
+
+def test_cv_filter_and_seeds_are_checked(sim):  # noqa: F811
+    data, paths = sim
+    run = dict(**resource_args(paths), grn_n_steps=STEPS, device="cpu", verbose=False)
+    filtered = flashscenic.multi_run_flashscenic(data.expression, data.gene_names, n_runs=2, seeds=[1, 2],
+                                                 cv_threshold=0.05, **run)
+    cv, mean = filtered["adj_cv"], filtered["adj_mean"]
+    assert filtered["n_edges_cv_filtered"] == int(((cv >= 0.05) & (mean != 0)).sum()) > 0
+    assert filtered["parameters"]["seeds"] == [1, 2]
+    with pytest.raises(ValueError, match="seeds"):
+        flashscenic.multi_run_flashscenic(data.expression, data.gene_names, n_runs=3, seeds=[1, 2], **run)
+    with pytest.raises(ValueError, match="consensus must be 'mean' or 'recurrence'"):
+        flashscenic.multi_run_flashscenic(data.expression, data.gene_names, consensus="vote", **run)
+
+
+def test_recurrence_consensus_scores_the_recurrent_regulons(sim, three_runs):  # noqa: F811
+    data, paths = sim
+    result = flashscenic.multi_run_flashscenic(data.expression, data.gene_names, **resource_args(paths), n_runs=3,
+                                               grn_n_steps=STEPS, device="cpu", seed=11, verbose=False,
+                                               consensus="recurrence", min_recurrence=1.0)
+    always = sorted(n for n, f in three_runs["regulon_recurrence"].items() if f == 1.0)
+    assert result["regulon_names"] == always
+    assert all(r["recurrence"] == 1.0 for r in result["regulons"])
+
+
+def test_grn_runs_on_a_two_worker_cluster_equal_in_process_bit_for_bit(files, tmp_path):  # noqa: F811
+    common = [str(files["input"]), "--tf-list", str(files["tf_list"]), "--ranking-db", str(files["ranking_db"]),
+              "--motif-annotation", str(files["motif_annotation"]), "--grn-runs", "3", "--grn-n-steps", str(STEPS),
+              "--device", "cpu", "--seed", "5", "--quiet", "--no-report", "--cell-type-column", "cell_type",
+              "--grn-cv-threshold", "2.0"]
+    assert main(["run", *common, "--out", str(tmp_path / "here"), "--n-workers", "0"]) == 0
+    assert main(["run", *common, "--out", str(tmp_path / "cluster"), "--n-workers", "2",
+                 "--dashboard-address", "none"]) == 0
+    here, cluster = (open_results_store(tmp_path / name / "results.zarr") for name in ("here", "cluster"))
+    assert here.stages["grn"]["n_runs"] == 3 and here.stages["grn"]["seeds"] == cluster.stages["grn"]["seeds"]
+    assert np.array_equal(here.read_tf_gene_weights()[0], cluster.read_tf_gene_weights()[0])
+    assert here.regulon_names == cluster.regulon_names
+    assert here.read_auc().tobytes() == cluster.read_auc().tobytes()
+    recurrence = here.read_table("regulon_recurrence")
+    assert recurrence["recurrence"].between(0, 1).all() and len(recurrence)
+    assert recurrence.equals(cluster.read_table("regulon_recurrence"))
+    # a resume keeps the finished runs: nothing is trained again
+    assert main(["run", *common, "--out", str(tmp_path / "here"), "--n-workers", "0", "--resume"]) == 0
+    assert open_results_store(tmp_path / "here" / "results.zarr").stages["grn"] == here.stages["grn"]
+
+
+def test_runs_with_adjacencies_are_refused(files, tmp_path):  # noqa: F811
+    from flashscenic.params import Params
+    from flashscenic.pipeline import run_pipeline
+
+    with pytest.raises(ValueError, match="with adjacencies there is none to repeat"):
+        run_pipeline(files["input"], tmp_path / "run", adjacencies=files["adjacencies"],
+                     params=Params(grn_runs=3, tf_list_path=str(files["tf_list"]), device="cpu",
+                                   ranking_db_paths=(str(files["ranking_db"]),),
+                                   motif_annotation_path=str(files["motif_annotation"])))
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_report_shows_the_recurrence(files, tmp_path):  # noqa: F811
+    from flashscenic.params import Params
+    from flashscenic.pipeline import run_pipeline
+
+    params = Params(tf_list_path=str(files["tf_list"]), ranking_db_paths=(str(files["ranking_db"]),),
+                    motif_annotation_path=str(files["motif_annotation"]), device="cpu", seed=2, grn_runs=2,
+                    grn_n_steps=STEPS, verbose=False)
+    results = run_pipeline(files["input"], tmp_path / "run", params=params, cell_type_column="cell_type")
+    page = (tmp_path / "run" / "report.html").read_text()
+    table = results.read_table("regulon_recurrence")
+    assert "Regulon recurrence over GRN runs" in page and f"2 GRN runs (seeds {results.stages['grn']['seeds'][0]}" in page
+    for name, fraction in zip(table["regulon"], table["recurrence"]):
+        assert f"<td>{name}</td><td>{fraction:.0%}</td>" in page
