@@ -119,7 +119,9 @@ def main() -> None:
         f"planted world (seed {SEED}, RegDiffusion {STEPS} steps per run, mean consensus, no CV filter), each row "
         "in a fresh process. Recall: planted TFs recovered; precision: regulons of planted TFs among all; "
         "Jaccard: mean target overlap with the planted targets; always: regulons found in every run; peak: the "
-        "whole process (RegDiffusion's training dominates; see the next section for the consensus alone).",
+        "whole process (RegDiffusion's training dominates; see the next section for the consensus alone). The "
+        "1-run row is `multi_run_flashscenic(n_runs=1)`: one RegDiffusion run (a seed spawned from the seed) plus "
+        "its own pruning pass for the recurrence, the same code path as the consensus rows.",
         "",
         "| cells x genes (planted TFs) | runs | recall | precision | target Jaccard | regulons (always) | seconds "
         "| x 1 run | peak MiB | x 1 run |",

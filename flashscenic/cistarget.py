@@ -288,9 +288,11 @@ class MotifAnnotation:
                        column_names: Sequence[str] | None = None) -> "MotifAnnotation":
         """Read a motif2tf TSV; keep rows with q-value <= fdr and identity >= threshold (NaN fails both).
 
-        ``column_names`` names the file's columns in order, instead of its header line (which
-        is still its first line, and skipped): for a table whose header spells the columns
-        otherwise. The names must include #motif_id, gene_name, motif_similarity_qvalue,
+        ``column_names``, as pySCENIC's ``load_motif_annotations``: the columns to read, by
+        name, when the header has them all (e.g. ``ANNOTATION_COLUMNS`` on a 13-column v10
+        table); otherwise the file's columns in order, instead of its header line (still its
+        first line, and skipped), for a table whose header spells them otherwise. Either way
+        the names must include #motif_id, gene_name, motif_similarity_qvalue,
         orthologous_identity and description.
         """
         path = Path(fname)
@@ -299,7 +301,9 @@ class MotifAnnotation:
             raise MissingFileError(f"{what} {str(path)!r} does not exist")
         try:
             header = list(pd.read_csv(path, sep="\t", nrows=0).columns)
-            names = header if column_names is None else _column_names(column_names, len(header), path, what)
+            by_name = column_names is not None and set(column_names) <= set(header)
+            names = header if column_names is None or by_name else _column_names(column_names, len(header), path,
+                                                                                  what)
             missing = [c for c in ANNOTATION_COLUMNS if c not in names]
             if missing:
                 source = "column_names" if column_names is not None else f"{what} {str(path)!r}"

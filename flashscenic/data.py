@@ -9,9 +9,13 @@ This module makes getting them boring:
   section 9), to which another datasource can be added (:func:`register_resource_set`);
 * :func:`download_data` fetches a set into a cache (``datasource/species/version/``) with
   timeouts, retries with exponential backoff, resumption of partial files through HTTP
-  ``Range``, a ``.partial`` file renamed atomically when complete, SHA-1 verification
+  ``Range`` (with ``If-Range``, so a file changed on the server restarts the download), a
+  ``.partial`` file renamed atomically when complete, SHA-1 verification of the bytes on disk
   against the sibling ``.sha1sum.txt`` the server publishes, a progress bar, and a lock so
   that processes sharing a cache never write the same file at once;
+* a file without a published checksum is checked by its kind (Feather magic and schema,
+  motif-table header, one TF name per line; never an HTML page): a mirror or proxy that
+  answers with a login page is refused, and what it sent deleted;
 * a file in the cache is reused only when verified: a ``<file>.verified.json`` record is
   written after a successful check and ties the SHA-1 to the file's size, mtime and inode,
   so later calls check it with one ``stat`` and never touch the network.
@@ -26,6 +30,7 @@ stays light; tqdm and filelock are imported by the download itself.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import http.client
 import json
@@ -72,6 +77,7 @@ AERTSLAB_URL = "https://resources.aertslab.org/cistarget/"
 KINDS = ("ranking_database", "motif_annotation", "tf_list")
 CHECKSUM_SUFFIX = ".sha1sum.txt"
 PARTIAL_SUFFIX = ".partial"
+PARTIAL_INFO_SUFFIX = ".partial.json"  # the server's version (ETag or Last-Modified) a .partial began from
 RECORD_SUFFIX = ".verified.json"
 LOCK_SUFFIX = ".lock"
 
@@ -79,6 +85,8 @@ _CHUNK = 1 << 20  # bytes per read: large enough for speed, small enough for a l
 _BACKOFF_SECONDS = 1.0  # first wait between attempts; doubles after each attempt that made no progress
 _BACKOFF_MAX_SECONDS = 60.0
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+_KIND_LABELS = {"ranking_database": "Feather ranking database", "motif_annotation": "motif annotation table",
+                "tf_list": "TF list"}
 _SPECIES_ALIASES = {
     "homo_sapiens": "human", "hs": "human",
     "mus_musculus": "mouse", "mm": "mouse",
@@ -109,6 +117,10 @@ class ResourceFile:
     kind: str
     path: str
     size: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:  # each kind has the check a download without a checksum must pass
+            raise InputError(f"resource file {self.path!r}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
 
     @property
     def name(self) -> str:
@@ -338,7 +350,10 @@ def download_data(species: str = DEFAULT_SPECIES, version: str = DEFAULT_VERSION
 
     Every file is verified before it is used: against the SHA-1 the server publishes in
     ``<file>.sha1sum.txt`` (a mismatch deletes the file and raises), or, where the server
-    publishes none, against the size it announced (with a warning). A file already in the
+    publishes none, against the size it announced and its kind (with a warning): Feather
+    magic bytes and schema for a database, the motif-table header for the annotation, one
+    name per line for the TF list, and never an HTML page (a proxy's login page is refused
+    and deleted). A file already in the
     cache is reused when its verification record still matches it, without any network
     access, so calling this at the start of every run costs a few ``stat`` calls.
 
@@ -378,8 +393,9 @@ def download_data(species: str = DEFAULT_SPECIES, version: str = DEFAULT_VERSION
     ------
     DownloadError
         The server or the network failed after the retries (a partial file is kept, and
-        the next call resumes it); :class:`ChecksumError` when a file does not match its
-        checksum (the file is deleted).
+        the next call resumes it, unless the server's file changed meanwhile);
+        :class:`ChecksumError` when a file does not match its checksum, and a DownloadError
+        when a file without one is not of its kind (either is deleted).
     ResourceNotFoundError
         Offline and a file is not in the cache.
     """
@@ -439,6 +455,10 @@ def _checksum_path(path: Path) -> Path:
     return path.with_name(path.name + CHECKSUM_SUFFIX)
 
 
+def _partial_info_path(path: Path) -> Path:
+    return path.with_name(path.name + PARTIAL_INFO_SUFFIX)
+
+
 def _ensure_file(file: ResourceFile, path: Path, url: str | None, *, force: bool, timeout: float,
                  retries: int, verbose: bool) -> Path:
     """Return ``path`` once it holds a verified copy of ``file``; download it when needed.
@@ -450,7 +470,7 @@ def _ensure_file(file: ResourceFile, path: Path, url: str | None, *, force: bool
     if not force and _record_matches(path):
         return path
     if url is None:
-        if path.is_file() and _verify_local(path):
+        if path.is_file() and _verify_local(path, file.kind):
             return path
         raise ResourceNotFoundError(_offline_message(file, path))
     from filelock import FileLock, Timeout
@@ -468,9 +488,9 @@ def _ensure_file(file: ResourceFile, path: Path, url: str | None, *, force: bool
                             f"cache_dir or set {CACHE_ENV}") from None
     try:
         if force:
-            for stale in (path, _record_path(path), _checksum_path(path), _partial_path(path)):
+            for stale in (path, _record_path(path), _checksum_path(path), _partial_path(path), _partial_info_path(path)):
                 stale.unlink(missing_ok=True)
-        elif _record_matches(path) or (path.is_file() and _verify_local(path)):
+        elif _record_matches(path) or (path.is_file() and _verify_local(path, file.kind)):
             return path
         opener = _opener()
         expected = _fetch_checksum(opener, url, path, timeout, retries)
@@ -480,10 +500,11 @@ def _ensure_file(file: ResourceFile, path: Path, url: str | None, *, force: bool
                 return path
             logger.warning("%s is in the cache but unverified; downloading it again", path)
             path.unlink()
-        sha1, size, checked = _download(opener, url, path, expected, timeout, retries, verbose)
+        sha1, size, checked = _download(opener, url, path, file.kind, expected, timeout, retries, verbose)
         if expected is not None:
-            (_checksum_path(path)).write_text(f"{expected}  {path.name}\n")
-        _write_record(path, url, sha1, checked)
+            with atomic_path(_checksum_path(path)) as tmp:
+                tmp.write_text(f"{expected}  {path.name}\n")
+        _write_record(path, url, sha1, checked, content_checked=checked != "sha1sum")
     finally:
         lock.release()
     logger.info("downloaded and verified %s (%s)", path, format_size(size))
@@ -501,42 +522,58 @@ def _offline_message(file: ResourceFile, path: Path) -> str:
             f"available (flashscenic download) and copy the cache directory here, or unset {OFFLINE_ENV}")
 
 
-def _download(opener, url: str, path: Path, expected: str | None, timeout: float, retries: int,
+def _download(opener, url: str, path: Path, kind: str, expected: str | None, timeout: float, retries: int,
               verbose: bool) -> tuple[str, int, str]:
     """Fetch ``url`` into ``path`` through ``<path>.partial``; return (sha1, size, how it was checked).
 
-    Resumes an existing ``.partial`` with a ``Range`` request, hashing the bytes already
-    there first, so the SHA-1 is computed while streaming and the file is never read twice.
+    Resumes an existing ``.partial`` with ``Range`` and ``If-Range`` (the ETag or
+    Last-Modified stored when it was started), so a server whose file changed answers 200
+    and the download starts over. Each attempt resumes from the size on disk, and the SHA-1
+    is computed from the finished file, never from the stream: what is checked is what is kept.
+    A ``text/html`` answer is refused whatever the checksum: no resource is a web page.
     """
     from tqdm.auto import tqdm
 
-    partial = _partial_path(path)
-    hasher, have = hashlib.sha1(), 0
-    if partial.is_file():
-        with open(partial, "rb") as f:
-            for chunk in iter(lambda: f.read(_CHUNK), b""):
-                hasher.update(chunk)
-                have += len(chunk)
-        logger.info("resuming %s from byte %d", partial, have)
+    partial, info = _partial_path(path), _partial_info_path(path)
+    validator = _read_validator(info) if partial.is_file() else None
+    if partial.is_file() and validator is None and expected is None:
+        logger.info("%s: nothing tells which version of the file it began from; starting over", partial)
+        _discard(partial, info)
     total = None
     failures, last_error = 0, None
     while True:
         received = 0
+        have = partial.stat().st_size if partial.is_file() else 0
         try:
-            request = urllib.request.Request(url, headers={"User-Agent": _user_agent(),
-                                                           **({"Range": f"bytes={have}-"} if have else {})})
-            with opener.open(request, timeout=timeout) as response:
+            headers = {"User-Agent": _user_agent()}
+            if have:
+                logger.info("resuming %s from byte %d", partial, have)
+                headers["Range"] = f"bytes={have}-"
+                if validator is not None:
+                    headers["If-Range"] = validator
+            with opener.open(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
+                content_type = response.headers.get("Content-Type") or ""
+                if content_type.split(";")[0].strip().lower() == "text/html":
+                    _discard(partial, info)
+                    raise DownloadError(
+                        f"{path.name}: {url} answered with an HTML page (Content-Type {content_type!r}) instead of "
+                        f"the file, as a proxy's or mirror's login or error page does; refused, nothing was kept: "
+                        f"check the URL or the mirror ({URL_ENV})")
                 if response.status == 206:
                     start, total = _content_range(response.headers.get("Content-Range"), url)
-                    if start != have:  # not the range we asked for: start over without one
-                        hasher, have = hashlib.sha1(), 0
-                        partial.unlink(missing_ok=True)
-                        raise _Restart(f"the server resumed at byte {start} instead")
-                else:  # 200: the whole file (no Range sent, or the server ignores Range)
+                    now = _validator(response.headers)
+                    if start != have or (validator is not None and now is not None and now != validator):
+                        _discard(partial, info)  # not the range, or not the version, we asked for
+                        validator = None
+                        raise _Restart(f"the server resumed at byte {start} of version {now} instead")
+                else:  # 200: the whole file (no Range sent, the file changed, or the server ignores Range)
                     if have:
-                        logger.info("%s ignored the request to resume at byte %d; starting over", url, have)
-                        hasher, have = hashlib.sha1(), 0
-                        partial.unlink(missing_ok=True)
+                        logger.info("%s answered with the whole file instead of resuming at byte %d; "
+                                    "starting over", url, have)
+                        _discard(partial, info)
+                        have = 0
+                    validator = _validator(response.headers)
+                    _write_validator(info, validator)
                     length = response.headers.get("Content-Length")
                     total = int(length) if length is not None else None
                 if total is not None:
@@ -549,22 +586,21 @@ def _download(opener, url: str, path: Path, expected: str | None, timeout: float
                         if not chunk:
                             break
                         out.write(chunk)
-                        hasher.update(chunk)
-                        have += len(chunk)
                         received += len(chunk)
                         bar.update(len(chunk))
-            if total is not None and have < total:
-                raise http.client.IncompleteRead(b"", total - have)
-            if total is not None and have > total:
-                raise DownloadError(f"{url} sent {have} bytes but announced {total}")
+            size = partial.stat().st_size
+            if total is not None and size < total:
+                raise http.client.IncompleteRead(b"", total - size)
+            if total is not None and size > total:
+                raise DownloadError(f"{url}: {size} bytes on disk but the server announced {total}")
             break
         except DownloadError:
             raise
         except urllib.error.HTTPError as error:
             if error.code == 416 and have:  # our partial is at (or past) the end: start over
                 logger.info("%s: range not satisfiable from byte %d; starting over", url, have)
-                hasher, have = hashlib.sha1(), 0
-                partial.unlink(missing_ok=True)
+                _discard(partial, info)
+                validator = None
                 last_error = error
             elif error.code in _RETRY_STATUS:
                 last_error = error
@@ -574,8 +610,9 @@ def _download(opener, url: str, path: Path, expected: str | None, timeout: float
             last_error = error  # timeouts, refused or reset connections, cut transfers
         failures = 0 if received else failures + 1
         if failures > retries:
-            partial_note = (f"; the {format_size(have)} received are kept in {partial} and the next call "
-                            "resumes from there") if have else ""
+            kept = partial.stat().st_size if partial.is_file() else 0
+            partial_note = (f"; the {format_size(kept)} received are kept in {partial} and the next call "
+                            "resumes from there") if kept else ""
             raise DownloadError(f"could not download {url} after {failures} attempt(s) without progress: "
                                 f"{_describe(last_error)}{partial_note}; check the network or use a mirror "
                                 f"({URL_ENV})")
@@ -583,23 +620,97 @@ def _download(opener, url: str, path: Path, expected: str | None, timeout: float
         logger.warning("download of %s interrupted (%s); retrying in %.3g s", url, _describe(last_error), wait)
         time.sleep(wait)
 
-    sha1 = hasher.hexdigest()
+    sha1 = _sha1_of(partial)
     if expected is not None:
         if sha1 != expected:
-            partial.unlink(missing_ok=True)
+            _discard(partial, info)
             raise ChecksumError(
                 f"{url} does not match its published SHA-1 (expected {expected}, got {sha1}); the download "
                 f"was deleted. Run again to download it anew; if it fails again, the server's file or its "
                 f"{CHECKSUM_SUFFIX} is wrong (try a mirror with {URL_ENV})")
         checked = "sha1sum"
-    elif total is not None:
-        checked = "size"
     else:
-        warnings.warn(f"{url} announced no size and has no {CHECKSUM_SUFFIX}: the download cannot be verified",
-                      stacklevel=4)
-        checked = "none"
+        problem = _content_problem(partial, kind)
+        if problem is not None:
+            _discard(partial, info)
+            raise DownloadError(
+                f"{path.name}: refused, what {url} sent is not a {_KIND_LABELS[kind]}: {problem}; it was deleted. "
+                f"A proxy or mirror may have answered with a login or error page: check the URL or the mirror "
+                f"({URL_ENV})")
+        if total is not None:
+            checked = "size"
+        else:
+            warnings.warn(f"{url} announced no size and has no {CHECKSUM_SUFFIX}: only its kind "
+                          f"({_KIND_LABELS[kind]}) could be checked", stacklevel=4)
+            checked = "kind"
+    info.unlink(missing_ok=True)
     os.replace(partial, path)
-    return sha1, have, checked
+    return sha1, size, checked
+
+
+def _discard(partial: Path, info: Path) -> None:
+    """Delete a partial download and the server version it was started from."""
+    partial.unlink(missing_ok=True)
+    info.unlink(missing_ok=True)
+
+
+def _validator(headers) -> str | None:
+    """What ``If-Range`` can name this version of the file by: a strong ETag, else Last-Modified."""
+    etag = headers.get("ETag")
+    if etag and not etag.startswith("W/"):  # a weak ETag may not be used with If-Range (RFC 9110)
+        return etag
+    return headers.get("Last-Modified") or None
+
+
+def _write_validator(info: Path, validator: str | None) -> None:
+    if validator is None:
+        info.unlink(missing_ok=True)
+        return
+    with atomic_path(info) as tmp:
+        tmp.write_text(json.dumps({"validator": validator}) + "\n")
+
+
+def _read_validator(info: Path) -> str | None:
+    try:
+        value = json.loads(info.read_text()).get("validator")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def _content_problem(path: Path, kind: str) -> str | None:
+    """Why ``path`` is not a file of ``kind``, or None: the check of a file that has no published checksum.
+
+    Cheap by design (the schema of a database, the first MiB of a text file): it refuses what a
+    misconfigured mirror or a proxy's login page leaves, it does not prove the content right.
+    """
+    if kind == "ranking_database":
+        from .rankdb import check_database_file
+
+        try:
+            check_database_file(path)
+        except InputError as error:
+            return str(error).replace(f"{str(path)!r}", "the file")
+        return None
+    with open(path, "rb") as f:
+        head = f.read(_CHUNK)
+    try:  # a character cut by the end of the first MiB is not an error
+        text = codecs.getincrementaldecoder("utf-8-sig")().decode(head, final=len(head) < _CHUNK)
+    except UnicodeDecodeError as error:
+        return f"not UTF-8 text (byte 0x{head[error.start]:02x} at offset {error.start})"
+    if re.match(r"\s*<", text):
+        return "it is an HTML or XML page"
+    lines = text.splitlines()[: -1 if len(head) == _CHUNK else None]  # the last line read may be cut
+    if kind == "motif_annotation":
+        fields = lines[0].split("\t") if lines else []
+        if fields[:1] != ["#motif_id"] or "gene_name" not in fields:
+            return f"its first line is not a motif table header (#motif_id ... gene_name ...): {text[:60]!r}"
+        return None
+    names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    bad = next((name for name in names if re.search(r"[\s<>]", name)), None)
+    if bad is not None:
+        return f"a TF list has one name per line, but a line reads {bad[:60]!r}"
+    return None if names else "it holds no TF names"
 
 
 def _fetch_checksum(opener, url: str, path: Path, timeout: float, retries: int) -> str | None:
@@ -611,6 +722,7 @@ def _fetch_checksum(opener, url: str, path: Path, timeout: float, retries: int) 
             request = urllib.request.Request(checksum_url, headers={"User-Agent": _user_agent()})
             with opener.open(request, timeout=timeout) as response:
                 text = response.read(1 << 16).decode("utf-8", "replace")
+                html = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower() == "text/html"
             break
         except DownloadError:
             raise
@@ -629,6 +741,10 @@ def _fetch_checksum(opener, url: str, path: Path, timeout: float, retries: int) 
             raise DownloadError(f"could not fetch the checksum {checksum_url} after {failures} attempt(s): "
                                 f"{_describe(last_error)}; check the network or use a mirror ({URL_ENV})")
         time.sleep(min(_BACKOFF_SECONDS * 2 ** (failures - 1), _BACKOFF_MAX_SECONDS))
+    if html:  # a login or error page: whatever hex it holds is no checksum
+        warnings.warn(f"{checksum_url} answered with an HTML page, not a checksum; only the size and kind of "
+                      f"{path.name} will be checked", stacklevel=4)
+        return None
     digest = _parse_checksum(text, path.name)
     if digest is None:
         warnings.warn(f"{checksum_url} holds no SHA-1 (it starts {text[:40]!r}); only the size of "
@@ -668,11 +784,17 @@ def _check_disk_space(directory: Path, needed: int, url: str) -> None:
 # ----------------------------------------------------------------------------- verification records
 
 
-def _write_record(path: Path, url: str | None, sha1: str, checked: str) -> None:
-    """Write ``<path>.verified.json``: the SHA-1 of ``path`` tied to its size, mtime and inode."""
+def _write_record(path: Path, url: str | None, sha1: str, checked: str, content_checked: bool = False) -> None:
+    """Write ``<path>.verified.json``: the SHA-1 of ``path`` tied to its size, mtime and inode.
+
+    ``content_checked``: a file without a published checksum passed the check of its kind;
+    only then does a record without ``checked: sha1sum`` vouch for the file.
+    """
     stat = path.stat()
     record = {"file": path.name, "url": url, "sha1": sha1, "checked": checked, "size": stat.st_size,
               "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+    if content_checked:
+        record["content_checked"] = True
     try:
         with atomic_path(_record_path(path)) as tmp:
             tmp.write_text(json.dumps(record, indent=1) + "\n")
@@ -689,9 +811,13 @@ def _read_record(path: Path) -> dict | None:
 
 
 def _record_matches(path: Path) -> bool:
-    """Is ``path`` present with a verification record that still matches it (stat only)?"""
+    """Is ``path`` present with a verification record that still matches it (stat only)?
+
+    A record of a file without a checksum counts only if the file's kind was checked: older
+    records ("checked": "size" alone) may vouch for a proxy's HTML page.
+    """
     record = _read_record(path)
-    if record is None:
+    if record is None or (record.get("checked") != "sha1sum" and record.get("content_checked") is not True):
         return False
     try:
         stat = path.stat()
@@ -701,27 +827,34 @@ def _record_matches(path: Path) -> bool:
         stat.st_size, stat.st_mtime_ns, stat.st_ino)
 
 
-def _verify_local(path: Path) -> bool:
+def _verify_local(path: Path, kind: str) -> bool:
     """Verify ``path`` without the network: against its record's SHA-1 or a ``.sha1sum.txt`` beside it.
 
     Used when the record no longer matches the file's stat (the cache was copied without
     keeping times, say) or the files were put in the cache by hand with their checksums.
-    A file that fails is left alone here: the caller downloads it again or reports it.
+    A file downloaded without a published checksum is checked against our own hash of it
+    and, again, by its ``kind``. A file that fails is left alone here: the caller downloads
+    it again or reports it.
     """
     record = _read_record(path)
     expected = record["sha1"] if record and record.get("checked") == "sha1sum" else None
     if expected is None and _checksum_path(path).is_file():
         expected = _parse_checksum(_checksum_path(path).read_text(errors="replace"), path.name)
-    if expected is None and record and record.get("size") == path.stat().st_size:
-        expected = record["sha1"]  # downloaded without a published checksum: our own hash of it
-    if expected is None:
-        return False
+    own = expected is None
+    if own:
+        if not record or record.get("size") != path.stat().st_size:
+            return False
+        problem = _content_problem(path, kind)
+        if problem is not None:
+            logger.warning("%s is not a %s (%s); not trusted", path, _KIND_LABELS[kind], problem)
+            return False
+        expected = record["sha1"]
     actual = _sha1_of(path)
     if actual != expected:
         logger.warning("%s does not match its recorded SHA-1 (expected %s, got %s)", path, expected, actual)
         return False
     _write_record(path, record.get("url") if record else None, actual,
-                  record.get("checked", "sha1sum") if record else "sha1sum")
+                  record.get("checked", "sha1sum") if own else "sha1sum", content_checked=own)
     return True
 
 

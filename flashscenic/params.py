@@ -180,12 +180,13 @@ class Params:
         None, "Train the GRN on at most this many cells, sampled with the seed (None: every cell).",
         _integer(1, optional=True), group="grn", kind=int)
     grn_runs: int = _param(
-        1, "RegDiffusion runs (seeds spawned from the seed) whose mean network is the consensus; each run is a task "
-        "of its own, and the run's recurrence of each regulon over the runs is stored.", _integer(1), group="grn",
-        kind=int)
+        1, "RegDiffusion runs whose mean network is the consensus (seeds spawned from the seed; with "
+        "grn_max_cells each run also samples its own cells). Each run is a task of its own; how often each regulon "
+        "recurs over the runs is stored.", _integer(1), group="grn", kind=int)
     grn_cv_threshold: float | None = _param(
         None, "Drop consensus edges whose coefficient of variation over the runs (std / |mean|) reaches this "
-        "(None: keep every edge).", _number(0, open_low=True, optional=True), group="grn", kind=float)
+        "(None, CLI none: keep every edge; needs grn_runs > 1).", _number(0, open_low=True, optional=True),
+        group="grn", kind=float)
     module_k: int = _param(50, "Size of the top{k} modules: each TF's k strongest targets.", _integer(1),
                            group="module", kind=int)
     module_percentile_thresholds: tuple[float, ...] = _param(
@@ -240,6 +241,9 @@ class Params:
         for spec in dataclasses.fields(self):
             value = spec.metadata["check"](spec.name, getattr(self, spec.name))
             object.__setattr__(self, spec.name, value)
+        if self.grn_cv_threshold is not None and self.grn_runs == 1:
+            raise InputError(f"grn_cv_threshold={self.grn_cv_threshold} needs several GRN runs (grn_runs > 1): the "
+                             "CV of one run is 0")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Params:

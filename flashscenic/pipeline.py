@@ -699,12 +699,13 @@ def _stages(results, store, tf_names, params: Params, resources: Resources, adja
                      for db in resources.ranking_databases for shard in shards]
             tables = executor.map(prune_task, tasks, description="pruning", verbose=params.verbose)
             table, regulons = merge_pruned(tables, modules, params, resources)
-            if params.grn_runs > 1 and adjacencies is None:
+            recurrence = params.grn_runs > 1
+            if recurrence:
                 regulons = _with_recurrence(results, regulons, gene_names, params, resources, executor,
                                             n_prune_shards or executor.slots)
             results.write_motifs(table)
             results.write_regulons(regulons, gene_names, weighted=False)
-        _mark(results, timer, "pruning", n_regulons=len(regulons))
+        _mark(results, timer, "pruning", n_regulons=len(regulons), recurrence=recurrence)
 
     if not results.is_complete("auc"):
         with timer("auc"), executor.stage("aucell"):

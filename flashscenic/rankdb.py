@@ -17,9 +17,12 @@ library start-up; see BENCHMARKS.md).
 The first read of a large database also writes a memory-mappable copy beside it (the
 cache): ``<file>.flashscenic-cache.npy`` holds exactly ``ranks_by_gene``, and
 ``<file>.flashscenic-cache.json`` the names and what the cache was made from (the source's
-size, mtime, inode and SHA-1). Later reads map the ``.npy`` (no copy, no validation, nothing
-resident until the ranks are used), and every process of a node shares the same pages
-through the page cache. A cache whose source changed is rebuilt; a damaged one is rebuilt
+size, mtime, ctime, inode, SHA-1 and a content fingerprint). Later reads map the ``.npy``
+(no copy, no validation, nothing resident until the ranks are used), and every process of
+a node shares the same pages through the page cache. A cache whose source changed is
+rebuilt: the fingerprint (the Feather footer and a few sampled blocks, read on every load)
+and the ctime catch a file replaced in place with its size and mtime kept (``rsync
+--inplace`` then ``touch -r``), which a size/mtime/inode key trusts. A damaged cache is rebuilt
 with a warning; where the source's directory is not writable the cache goes to
 ``$XDG_CACHE_HOME/flashscenic/rankdb`` (default ``~/.cache/...``).
 """
@@ -43,7 +46,8 @@ import pyarrow.ipc as ipc
 from ._utils import atomic_path
 from .errors import InputError, MissingFileError
 
-__all__ = ["RankingDatabase", "read_ranking_database", "read_database_gene_names", "INDEX_COLUMNS"]
+__all__ = ["RankingDatabase", "read_ranking_database", "read_database_gene_names", "check_database_file",
+           "INDEX_COLUMNS"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +56,10 @@ _COLUMNS_PER_READ = 512  # gene columns read at a time: bounds the transient cop
 _MOTIFS_PER_CHECK = 256  # motifs checked at a time for being permutations
 _CACHE_SUFFIX = ".flashscenic-cache"
 _CACHE_FORMAT = "flashscenic-ranking-database-cache"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: the source's ctime and content fingerprint in the key
+_FINGERPRINT_BLOCK = 1 << 16  # bytes per sampled block
+_FINGERPRINT_BLOCKS = 16  # blocks sampled evenly over the file, besides its footer
+_FINGERPRINT_FOOTER_MAX = 1 << 26  # a footer length read from a damaged file may be anything
 # With cache=True, smaller databases are read directly: they load in milliseconds anyway,
 # and a copy beside every test fixture or toy database would only litter directories.
 _CACHE_MIN_BYTES = 16 * 2**20
@@ -167,15 +174,16 @@ def read_ranking_database(path, name: str | None = None, validate: bool = True, 
 
 
 def _read_source(path: Path, name: str, validate: bool) -> RankingDatabase:
-    """Read the Feather file itself (v1 or v2), check names and, if asked, the permutations."""
-    with open(path, "rb") as f:
-        magic = f.read(6)
-    if magic[:4] == b"FEA1":
-        database = _read_v1(path, name)
-    elif magic == b"ARROW1":
-        database = _read_v2(path, name)
-    else:
-        raise InputError(f"{str(path)!r} is not a Feather ranking database (its first bytes are {magic!r})")
+    """Read the Feather file itself (v1 or v2), check names and, if asked, the permutations.
+
+    Any Arrow error (a damaged file raises ArrowInvalid, ArrowNotImplementedError, bare
+    ArrowException...) becomes one line naming the file.
+    """
+    magic = _magic(path)
+    try:
+        database = _read_v1(path, name) if magic[:4] == b"FEA1" else _read_v2(path, name)
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as error:
+        raise _damaged(path, error) from None
     _check_names(database, str(path))
     if validate:
         check_permutations(database.ranks_by_gene, str(path))
@@ -195,23 +203,52 @@ def read_database_gene_names(path) -> np.ndarray:
         raise MissingFileError(f"ranking database {str(path)!r} does not exist")
     for npy, meta_path in _cache_candidates(path, None):
         meta = _read_meta(meta_path)
-        if meta is not None and _same_stat(meta, path.stat()):
+        if meta is not None and _same_stat(meta, path.stat()) and _same_content(meta, path):
             return np.asarray(meta["gene_names"], dtype=str)
+    schema = _read_schema(path)
+    _, gene_positions, _ = _layout(schema, path)
+    return np.array([schema.field(i).name for i in gene_positions], dtype=str)
+
+
+def check_database_file(path) -> None:
+    """Raise unless ``path`` has Feather magic bytes and a readable ranking-database schema.
+
+    The cheap check of a download that has no published checksum: an HTML page, a
+    truncated file or another table fails it without reading the ranks.
+    """
+    _layout(_read_schema(Path(path)), Path(path))
+
+
+def _magic(path: Path) -> bytes:
+    """The first 6 bytes, refused unless they open a Feather v2 (``ARROW1``) or v1 (``FEA1``) file."""
     with open(path, "rb") as f:
         magic = f.read(6)
+    if magic != b"ARROW1" and magic[:4] != b"FEA1":
+        raise InputError(f"{str(path)!r} is not a Feather ranking database (its first bytes are {magic!r})")
+    return magic
+
+
+def _read_schema(path: Path) -> pa.Schema:
+    """The schema alone: v2 from the file footer, v1 from a memory map (nothing copied)."""
+    magic = _magic(path)
     try:
         if magic == b"ARROW1":
             schema = ipc.open_file(str(path)).schema
-        elif magic[:4] == b"FEA1":
+        else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 schema = feather.read_table(str(path), memory_map=True).schema
-        else:
-            raise InputError(f"{str(path)!r} is not a Feather ranking database (its first bytes are {magic!r})")
-    except (pa.ArrowInvalid, OSError) as error:
-        raise InputError(f"{str(path)!r} could not be read ({error}); it may be truncated: download it again") from None
-    _, gene_positions, _ = _layout(schema, path)
-    return np.array([schema.field(i).name for i in gene_positions], dtype=str)
+        schema.names  # decoded here: a damaged name is not UTF-8
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as error:
+        raise _damaged(path, error) from None
+    return schema
+
+
+def _damaged(path: Path, error: BaseException) -> InputError:
+    """One line for an Arrow or I/O error while reading ``path``: which file, what, what to do."""
+    detail = " ".join(str(error).split()) or type(error).__name__
+    return InputError(f"{str(path)!r} is damaged or truncated and could not be read ({type(error).__name__}: "
+                      f"{detail[:200]}); download it again")
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -267,7 +304,35 @@ def _read_meta(meta_path: Path) -> dict | None:
 
 def _same_stat(meta: dict, stat: os.stat_result) -> bool:
     source = meta.get("source") or {}
-    return (source.get("size"), source.get("mtime_ns"), source.get("inode")) == (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    return ((source.get("size"), source.get("mtime_ns"), source.get("ctime_ns"), source.get("inode"))
+            == (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino))
+
+
+def _same_content(meta: dict, path: Path) -> bool:
+    """Does ``path`` still have the size and fingerprint the cache was made from?"""
+    source = meta.get("source") or {}
+    return source.get("size") == path.stat().st_size and source.get("fingerprint") == _fingerprint(path)
+
+
+def _fingerprint(path: Path) -> str:
+    """A cheap content hash: the first block, the footer (schema and block index) and a few blocks
+    sampled evenly; about 1 MiB read however large the file, so it can run on every load."""
+    size = path.stat().st_size
+    hasher = hashlib.sha1(str(size).encode())
+    with open(path, "rb") as f:
+        tail = _FINGERPRINT_BLOCK
+        if size >= 10:
+            f.seek(size - 10)
+            end = f.read(10)
+            if end[4:] == b"ARROW1":  # Feather v2: a 4-byte footer length, then the magic
+                tail = min(max(tail, int.from_bytes(end[:4], "little", signed=True) + 10), _FINGERPRINT_FOOTER_MAX)
+        starts = {0, max(size - tail, 0)} | {k * max(size - _FINGERPRINT_BLOCK, 0) // (_FINGERPRINT_BLOCKS - 1)
+                                              for k in range(_FINGERPRINT_BLOCKS)}
+        for start in sorted(starts):
+            f.seek(start)
+            hasher.update(start.to_bytes(8, "little"))
+            hasher.update(f.read(tail if start == max(size - tail, 0) else _FINGERPRINT_BLOCK))
+    return hasher.hexdigest()
 
 
 def _load_cache(path: Path, name: str, validate: bool, npy: Path, meta_path: Path) -> RankingDatabase | None:
@@ -282,12 +347,11 @@ def _load_cache(path: Path, name: str, validate: bool, npy: Path, meta_path: Pat
         logger.info("%s was written by another flashscenic (cache format %s); rebuilding it", meta_path, meta.get("version"))
         return None
     stat = path.stat()
-    if not _same_stat(meta, stat):
-        source = meta.get("source") or {}
-        if source.get("size") != stat.st_size or _sha1_of(path) != source.get("sha1"):
-            logger.info("%s changed since its cache was made; rebuilding the cache", path)
-            return None
-        meta["source"].update(mtime_ns=stat.st_mtime_ns, inode=stat.st_ino)  # same bytes, copied or touched
+    if not _same_content(meta, path) or (not _same_stat(meta, stat) and _sha1_of(path) != meta["source"].get("sha1")):
+        logger.info("%s changed since its cache was made; rebuilding the cache", path)
+        return None
+    if not _same_stat(meta, stat):  # same bytes, copied or touched
+        meta["source"].update(mtime_ns=stat.st_mtime_ns, ctime_ns=stat.st_ctime_ns, inode=stat.st_ino)
         _write_json(meta_path, meta)
     try:
         ranks = np.load(npy, mmap_mode="c", allow_pickle=False)
@@ -328,7 +392,8 @@ def _build_cache(path: Path, name: str, validate: bool, npy: Path, meta_path: Pa
         meta = {
             "format": _CACHE_FORMAT, "version": _CACHE_VERSION,
             "source": {"file": path.name, "size": before.st_size, "mtime_ns": before.st_mtime_ns,
-                       "inode": before.st_ino, "sha1": _sha1_of(path)},
+                       "ctime_ns": before.st_ctime_ns, "inode": before.st_ino, "sha1": _sha1_of(path),
+                       "fingerprint": _fingerprint(path)},
             "dtype": database.ranks_by_gene.dtype.str, "validated": bool(validate),
             "motif_names": database.motif_names.tolist(), "gene_names": database.gene_names.tolist(),
         }
@@ -367,13 +432,10 @@ def _sha1_of(path: Path) -> str:
 
 
 def _read_v2(path: Path, name: str) -> RankingDatabase:
-    try:
-        reader = ipc.open_file(str(path))
-    except (pa.ArrowInvalid, OSError) as error:
-        raise InputError(f"{str(path)!r} is not a readable Feather v2 file ({error}); it may be truncated: download it again") from None
-    schema = reader.schema
+    """Feather v2; Arrow errors propagate to ``_read_source``, which names the file."""
+    schema = ipc.open_file(str(path)).schema
     index_position, gene_positions, dtype = _layout(schema, path)
-    motif_names = _read_columns(path, [index_position]).column(0).to_numpy(zero_copy_only=False).astype(str)
+    motif_names = _motif_names(_read_columns(path, [index_position]).column(0), path)
     ranks = np.empty((len(gene_positions), motif_names.size), dtype=dtype)
     for start in range(0, len(gene_positions), _COLUMNS_PER_READ):
         block = _read_columns(path, gene_positions[start : start + _COLUMNS_PER_READ])
@@ -388,11 +450,19 @@ def _read_v2(path: Path, name: str) -> RankingDatabase:
 
 
 def _read_columns(path: Path, positions: list[int]) -> pa.Table:
-    try:
-        options = ipc.IpcReadOptions(included_fields=positions)
-        return ipc.open_file(str(path), options=options).read_all()
-    except (pa.ArrowInvalid, OSError) as error:
-        raise InputError(f"{str(path)!r} could not be read ({error}); it may be truncated: download it again") from None
+    """Some columns, fully validated: a damaged offset or length fails here, never reads out of bounds."""
+    table = ipc.open_file(str(path), options=ipc.IpcReadOptions(included_fields=positions)).read_all()
+    table.validate(full=True)
+    return table
+
+
+def _motif_names(column, path: Path) -> np.ndarray:
+    """The index column as strings; a non-string or null one (a damaged file) is refused, not stringified."""
+    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)) or column.null_count:
+        raise InputError(f"{str(path)!r}: the motif names must be strings without nulls, found {column.type} with "
+                         f"{column.null_count} null(s); the file is damaged or not a ranking database")
+    return column.to_numpy(zero_copy_only=False).astype(str)
 
 
 def _read_v1(path: Path, name: str) -> RankingDatabase:
@@ -405,14 +475,16 @@ def _read_v1(path: Path, name: str) -> RankingDatabase:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             table = feather.read_table(str(path), memory_map=True)
-    except (pa.ArrowInvalid, OSError, NotImplementedError) as error:
-        raise InputError(f"{str(path)!r} is a legacy Feather v1 database this pyarrow cannot read ({error}); {advice}") from None
+        table.validate(full=True)  # a damaged length or offset fails here, never reads out of bounds
+    except (pa.ArrowException, OSError, NotImplementedError) as error:
+        raise InputError(f"{str(path)!r} is a legacy Feather v1 database this pyarrow cannot read or a damaged one "
+                         f"({' '.join(str(error).split())[:200]}); {advice}") from None
     logger.info("%s is a legacy Feather v1 file; reading it works today, but %s", path, advice)
     index_position, gene_positions, dtype = _layout(table.schema, path)
     ranks = np.empty((len(gene_positions), table.num_rows), dtype=dtype)
     for row, position in enumerate(gene_positions):
         ranks[row] = table.column(position).to_numpy()
-    motif_names = table.column(index_position).to_numpy(zero_copy_only=False).astype(str)
+    motif_names = _motif_names(table.column(index_position), path)
     gene_names = np.array([table.schema.field(i).name for i in gene_positions], dtype=str)
     return RankingDatabase(name, motif_names, gene_names, ranks)
 
@@ -438,7 +510,12 @@ def _layout(schema: pa.Schema, path: Path) -> tuple[int, list[int], np.dtype]:
 
 
 def _check_names(database: RankingDatabase, where: str) -> None:
+    """Names must be unique and non-empty: a damaged name that still parses is caught here."""
     for what, names in (("gene", database.gene_names), ("motif", database.motif_names)):
+        empty = np.char.str_len(np.char.strip(names.astype(str))) == 0 if names.size else np.zeros(0, bool)
+        if empty.any():
+            raise InputError(f"{where}: empty {what} name at position {int(np.argmax(empty))}; "
+                             "the file is damaged or not a ranking database")
         unique, counts = np.unique(names, return_counts=True)
         if (counts > 1).any():
             raise InputError(f"{where}: duplicate {what} names, e.g. {unique[counts > 1][:5].tolist()}")

@@ -397,22 +397,30 @@ def _regulon_section(page: _Page, store: ResultsStore) -> None:
 
 
 def _recurrence_section(page: _Page, store: ResultsStore) -> None:
-    """With several GRN runs (``--grn-runs``): how often each regulon recurs over the runs."""
-    grn = store.stages.get("grn", {})
-    if int(grn.get("n_runs", 1)) < 2:
+    """With several GRN runs (``--grn-runs``): how often each regulon, and each of its targets,
+    recurs over the runs (only when this run's pruning computed it, not after an import)."""
+    if not store.stages.get("pruning", {}).get("recurrence"):
         return
+    grn = store.stages["grn"]
     table = store.read_table("regulon_recurrence").sort_values(["recurrence", "regulon"], ascending=[False, True])
+    targets = store.read_table("target_recurrence")
+    every_run = targets[targets["recurrence"] == 1.0].groupby("regulon").size()
+    half = targets[targets["recurrence"] >= 0.5].groupby("regulon").size()
     scored = {r["name"] for r in store.read_regulons()}
     always = int((table["recurrence"] == 1.0).sum())
+    shown = 30
     caption = (f"{grn['n_runs']} GRN runs (seeds {', '.join(map(str, grn.get('seeds', [])))}); the consensus is "
                f"their mean network" + (f", edges with a CV of {grn['cv_threshold']:g} or more dropped "
                                         f"({grn.get('n_edges_cv_filtered', 0):,} edges)" if grn.get("cv_threshold")
                                         else "") +
-               f". {_count(len(table), 'regulon')} found in at least one run, {always:,} in every run.")
-    rows = [(name, f"{fraction:.0%}", "yes" if name in scored else "no")
-            for name, fraction in zip(table["regulon"], table["recurrence"])][:30]
-    page.section("recurrence", "Regulon recurrence over GRN runs",
-                 _note(caption) + _table(rows, header=("Regulon", "Runs that found it", "In the consensus")))
+               f". {_count(len(table), 'regulon')} found in at least one run, {always:,} in every run"
+               + (f"; the {shown} most recurrent are shown." if len(table) > shown else "."))
+    rows = [(name, f"{fraction:.0%}", f"{int(every_run.get(name, 0)):,}", f"{int(half.get(name, 0)):,}",
+             "yes" if name in scored else "no")
+            for name, fraction in zip(table["regulon"], table["recurrence"])][:shown]
+    page.section("recurrence", "Regulon recurrence over GRN runs", _note(caption) + _table(
+        rows, header=("Regulon", "Runs that found it", "Targets in every run", "Targets in half the runs or more",
+                      "In the consensus")))
 
 
 def _motif_section(page: _Page, store: ResultsStore) -> None:

@@ -366,14 +366,17 @@ def tf_shards(modules: Sequence, n_shards: int) -> list[list]:
 
 
 def grn_task(expression_path: str, tf_names: Sequence[str], params: Params, run_id: str = "",
-             raw: bool = False, alone: bool = True) -> tuple[np.ndarray, list[str]]:
+             raw: bool = False) -> tuple[np.ndarray, list[str]]:
     """GRN on one worker: it samples up to ``grn_max_cells`` cells from the store itself.
 
     ``run_id`` is part of the task's key (its arguments), so a task of an earlier run into
     the same folder, still running on a worker, is never taken for this run's. ``raw``: no
-    sparsity threshold. ``alone``: the only task running, so on a CPU worker (whose torch
-    threads are its share of the host's cores) it may use every core it is allowed; GRN runs
-    of a consensus run side by side and keep their share.
+    sparsity threshold.
+
+    On a CPU worker (whose torch threads are its share of the host's cores) the GRN uses
+    every core it is allowed, as in process: torch's CPU reductions depend on the thread
+    count, and the same threads give the same bits on any executor. GRN runs of a consensus
+    that run side by side on one host therefore share its cores.
     """
     import torch
 
@@ -384,9 +387,8 @@ def grn_task(expression_path: str, tf_names: Sequence[str], params: Params, run_
     sample = store.read_cells(positions, "csr" if store.layout == "csr" else "dense")
     threads = torch.get_num_threads()
     try:
-        if alone:
-            torch.set_num_threads(max(threads, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                      else os.cpu_count() or 1))
+        torch.set_num_threads(max(threads, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                  else os.cpu_count() or 1))
         return infer_weights(sample, list(store.gene_names), tf_names, params.replace(grn_max_cells=None), raw=raw)
     finally:
         torch.set_num_threads(threads)
@@ -399,11 +401,14 @@ def grn_run_task(results_path: str, expression_path: str, tf_names: Sequence[str
     store, so the coordinator never holds more than one run."""
     from .store import open_results_store
 
-    results = open_results_store(results_path)
-    if results.parameters.get("run_id") != run_id:
-        raise InputError(f"{results_path} now holds another run; this GRN task of run {run_id} is obsolete")
-    weights, tf_rows = grn_task(expression_path, tf_names, params, run_id, raw=True, alone=False)
-    results.write_grn_run(index, weights, tf_rows)
+    def check(results):  # before training, and again before writing: training takes minutes to hours
+        if results.parameters.get("run_id") != run_id:
+            raise InputError(f"{results_path} now holds another run; this GRN task of run {run_id} is obsolete")
+        return results
+
+    check(open_results_store(results_path))
+    weights, tf_rows = grn_task(expression_path, tf_names, params, run_id, raw=True)
+    check(open_results_store(results_path)).write_grn_run(index, weights, tf_rows)
     return index
 
 

@@ -6,10 +6,45 @@ deprecation warning) is silenced here, so the rest of the suite can stay strict.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
 import pandas as pd
+
+
+@contextlib.contextmanager
+def numpy_object_for_import():
+    """Lend ``np.object`` (removed in numpy 2) for the ``with`` block only, then remove it again.
+
+    pySCENIC 0.12.1's ``transform`` module names it once, at import. Outside the block numpy
+    is left as it was, so no test's outcome depends on whether an oracle ran before it.
+    """
+    lent = not has_numpy_object()
+    if lent:
+        np.object = object
+    try:
+        yield
+    finally:
+        if lent and has_numpy_object():
+            del np.object
+
+
+def has_numpy_object() -> bool:
+    """Whether ``np.object`` exists (asking numpy 2 warns that it may come back: silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return hasattr(np, "object")
+
+
+@contextlib.contextmanager
+def numpy_global_random_state():
+    """Restore numpy's global generator after the block: pySCENIC calls ``np.random.seed``."""
+    state = np.random.get_state()
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 def _aucell_api():
@@ -39,7 +74,8 @@ def pyscenic_aucell(expression: np.ndarray, weights: np.ndarray, auc_threshold: 
     aucell, _ = _aucell_api()
     frame = pd.DataFrame(np.asarray(expression), columns=gene_names(expression.shape[1]))
     sigs = signatures(weights)
-    result = aucell(frame, sigs, auc_threshold=auc_threshold, seed=seed, num_workers=1)
+    with numpy_global_random_state():
+        result = aucell(frame, sigs, auc_threshold=auc_threshold, seed=seed, num_workers=1)
     return result[[s.name for s in sigs]].to_numpy()  # pySCENIC sorts columns by name
 
 
@@ -57,14 +93,8 @@ def _transform_api():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if "pyscenic.transform" not in sys.modules:
-            lent = not hasattr(np, "object")
-            if lent:
-                np.object = object
-            try:
+            with numpy_object_for_import():
                 import pyscenic.transform  # noqa: F401
-            finally:
-                if lent:
-                    del np.object
         from pyscenic.transform import df2regulons
         from pyscenic.utils import load_motifs
     return load_motifs, df2regulons
@@ -199,7 +229,8 @@ def pyscenic_rss(auc: pd.DataFrame, labels: pd.Series) -> pd.DataFrame:
 def pyscenic_binarize(auc: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.Series]:
     """pySCENIC's ``binarize(auc, seed=seed, num_workers=1)``: (binary frame, thresholds).
 
-    Its ``multiprocessing.Pool`` is swapped for an in-process one (same ``starmap`` calls,
+    It calls ``np.random.seed(seed)``; numpy's global generator is restored afterwards, so
+    the tests that run after it draw what they would have drawn without it. Its ``multiprocessing.Pool`` is swapped for an in-process one (same ``starmap`` calls,
     same order), so no process is forked from the test run.
     """
     import itertools
@@ -224,7 +255,7 @@ def pyscenic_binarize(auc: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.Se
     give_back = _lend_numpy_aliases()
     pool, binarization.Pool = binarization.Pool, InProcessPool
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), numpy_global_random_state():  # binarize reseeds numpy's generator
             warnings.simplefilter("ignore")
             return binarization.binarize(auc, seed=seed, num_workers=1)
     finally:

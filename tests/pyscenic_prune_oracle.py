@@ -1,7 +1,8 @@
 """pySCENIC 0.12.1's pruning path (transform.module2df on a ctxcore database), for tests.
 
 pySCENIC's ``transform`` module fails to import under numpy 2 only because it names
-``np.object``; the alias is restored here, in the oracle, and nowhere else.
+``np.object``; the alias is lent for that import only (``pyscenic_oracle.numpy_object_for_import``)
+and removed again, so numpy is the same before and after any oracle call.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from functools import partial
 import numpy as np
 import pandas as pd
 
+from pyscenic_oracle import numpy_object_for_import
+
 
 def _imports():
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), numpy_object_for_import():  # pySCENIC 0.12.1 predates numpy 2
         warnings.simplefilter("ignore")
-        if not hasattr(np, "object"):
-            np.object = object  # pySCENIC 0.12.1 predates numpy 2
         from ctxcore.genesig import GeneSignature, Regulon
         from ctxcore.recovery import aucs, leading_edge, recovery
         from ctxcore.rnkdb import RankingDatabase

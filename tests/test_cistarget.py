@@ -132,6 +132,18 @@ def run_pruner(setup, name, **options) -> pd.DataFrame:
                               setup["contexts"])
 
 
+def test_the_oracles_leave_numpy_without_np_object():
+    """pySCENIC's transform needs ``np.object`` at import: lent for that import, then removed again."""
+    from pyscenic_oracle import _transform_api, has_numpy_object
+    from pyscenic_prune_oracle import _imports
+
+    assert not has_numpy_object()
+    _imports()
+    assert not has_numpy_object()
+    _transform_api()
+    assert not has_numpy_object()
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_motif_table_equals_pyscenic_with_leading_edges_fixed(seed, tmp_path):
     setup = random_setup(seed, tmp_path)
@@ -248,7 +260,7 @@ def test_real_gene_sets_on_the_real_database_equal_ctxcore():
     database = read_ranking_database(FIXTURES / "hg19-tss-centered-10kb-10species.mc9nr.feather")
     gene_sets = [line.split("\t") for line in (FIXTURES / "c6.all.v6.1.symbols.gmt").read_text().splitlines()]
     assert len(gene_sets) == 189
-    compared = 0
+    compared = edges_compared = 0
     for fields in gene_sets:
         index, present = database.gene_indices(fields[2:])
         if (len(index) - present.sum()) / len(index) >= 0.2:
@@ -260,8 +272,15 @@ def test_real_gene_sets_on_the_real_database_equal_ctxcore():
         np.testing.assert_allclose(result["aucs"].numpy(), expected["aucs"], rtol=0, atol=1e-12)
         np.testing.assert_allclose(result["nes"].numpy(), expected["nes"], rtol=0, atol=1e-9)
         assert result["rank_at_max"].tolist() == expected["rank_at_max"].tolist()
+        # the enriched motifs and, for each, its leading edge (module positions), as ctxcore's
+        assert np.flatnonzero(result["enriched_mask"].numpy()).tolist() == expected["enriched"].tolist()
+        assert len(result["leading_edge_masks"]) == len(expected["leading_edge"])
+        for mask, genes in zip(result["leading_edge_masks"], expected["leading_edge"]):
+            assert sorted(np.flatnonzero(mask.numpy()).tolist()) == sorted(genes.tolist())
+        edges_compared += len(expected["leading_edge"])
         compared += 1
     assert compared > 150
+    assert edges_compared > 0, "no gene set had an enriched motif: the leading edges were not compared"
 
 
 # ---------------------------------------------------------------- annotations and errors
@@ -383,6 +402,23 @@ def test_filter_by_annotations_keeps_only_the_modules_tf(tmp_path):
     kept = setup["motifs"][np.flatnonzero(filtered["enriched_mask"].numpy())]
     assert all(annotations.has_annotation(m, tf) for m in kept)
     assert len(filtered["rank_at_max"]) == len(kept)
+    # what it drops: exactly the enriched motifs not annotated to the TF, and it drops some
+    enriched = np.flatnonzero(result["enriched_mask"].numpy())
+    annotated = np.array([annotations.has_annotation(setup["motifs"][i], tf) for i in enriched], dtype=bool)
+    dropped = sorted(set(setup["motifs"][enriched]) - set(kept))
+    assert len(kept) > 0 and len(dropped) > 0, "the case should keep some enriched motifs and drop others"
+    assert kept.tolist() == setup["motifs"][enriched[annotated]].tolist()
+    assert dropped == sorted(setup["motifs"][enriched[~annotated]].tolist())
+    assert not any(annotations.has_annotation(m, tf) for m in dropped)
+    assert not filtered["enriched_mask"][torch.from_numpy(enriched[~annotated])].any()
+    for key in ("rccs", "leading_edge_masks", "rank_at_max"):  # the kept motifs' rows, in order
+        assert torch.equal(filtered[key], result[key][torch.from_numpy(annotated)])
+    np.testing.assert_array_equal(filtered["nes"].numpy(), result["nes"].numpy())  # scores are not filtered
+    # tf_name=None: a motif annotated to any TF is kept
+    any_tf = filter_by_annotations(result, setup["motifs"], annotations)
+    any_kept = setup["motifs"][np.flatnonzero(any_tf["enriched_mask"].numpy())]
+    assert any_kept.tolist() == [setup["motifs"][i] for i in enriched if annotations.has_annotation(setup["motifs"][i])]
+    assert set(kept) <= set(any_kept)
     assert filter_by_annotations(result, setup["motifs"], motif_annotations=None, tf_name=tf) is result
     assert filter_by_annotations(result, setup["motifs"], annotations, filter_for_annotation=False) is result
 
@@ -454,3 +490,21 @@ def test_unweighted_increments_numpy_and_torch_routes_agree(seed):
 def test_pruner_options_are_checked_when_built(options, message):
     with pytest.raises(InputError, match=message):
         CisTargetPruner(device="cpu", **options)
+
+
+def test_column_names_select_pyscenics_columns_by_name(tmp_path):
+    """pySCENIC's load_motif_annotations(column_names=...) reads these columns of a 13-column v10 table."""
+    from flashscenic.cistarget import ANNOTATION_COLUMNS
+
+    header = ["#motif_id", "motif_name", "motif_description", "source_name", "source_version", "gene_name",
+              "motif_similarity_qvalue", "similar_motif_id", "similar_motif_description", "orthologous_identity",
+              "orthologous_gene_name", "orthologous_species", "description"]
+    rows = [["m1", "n", "d", "s", "v", "SOX2", "0.0", "None", "None", "1.0", "None", "None", "directly annotated"],
+            ["m1", "n", "d", "s", "v", "KLF4", "0.0005", "m9", "x", "0.8", "Klf4", "mouse", "by similarity"]]
+    path = tmp_path / "v10.tbl"
+    path.write_text("\n".join("\t".join(r) for r in [header, *rows]) + "\n")
+    annotations = MotifAnnotation.load_from_file(path, column_names=tuple(ANNOTATION_COLUMNS))
+    assert annotations.get_annotation("m1", "SOX2") == {"MotifSimilarityQvalue": 0.0, "OrthologousIdentity": 1.0,
+                                                        "Annotation": "directly annotated"}
+    assert annotations.get_annotation("m1", "KLF4")["Annotation"] == "by similarity"
+    assert annotations.table.equals(MotifAnnotation.load_from_file(path).table)

@@ -2,18 +2,18 @@
 
 No test touches the internet: every download goes to a threaded HTTP server on 127.0.0.1
 (random port) that serves generated files and their ``.sha1sum.txt`` with ``Range``
-support, and can cut, stall, fail, redirect or ignore ranges on demand. A guard refuses any
-connection to another host.
+support, and can cut, stall, fail, redirect or ignore ranges on demand. The suite's network
+guard (tests/conftest.py) refuses any connection to another host.
 """
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import http.server
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +28,7 @@ from flashscenic import data
 from flashscenic.cli import main
 from flashscenic.data import (ChecksumError, DownloadError, ResourceNotFoundError, ResourceSet, cache_status,
                               download_data, list_available_resources, register_resource_set)
+from test_rankdb import ranks, write
 
 PREFIX = "/cistarget/"
 HUMAN = next(s for s in data._aertslab_sets() if (s.species, s.version) == ("human", "v10"))
@@ -49,22 +50,38 @@ class FileServer:
         self.ignore_range: set[str] = set()
         self.redirect: dict[str, str] = {}
         self.delay = 0.0  # seconds between 16 KiB chunks
+        self.validators = {"etag", "last-modified"}  # what a response says about the file's version
+        self.versions: dict[str, int] = {}  # path -> how many times it was put (its ETag and Last-Modified)
+        self.login_page: str | None = None  # a Content-Type: answer every GET with an HTML page and 200
         self.requests: list[tuple[str, str | None]] = []
+        self.if_ranges: list[tuple[str, str | None]] = []  # the If-Range header of each request
         self.lock = threading.Lock()
         self.release = threading.Event()
         self.url = ""
 
     def put(self, relpath: str, content: bytes, checksum: bool | str = True) -> None:
         self.files[PREFIX + relpath] = content
+        self.versions[PREFIX + relpath] = self.versions.get(PREFIX + relpath, 0) + 1
         if checksum:
             digest = checksum if isinstance(checksum, str) else hashlib.sha1(content).hexdigest()
             self.files[PREFIX + relpath + ".sha1sum.txt"] = f"{digest}  {relpath.rsplit('/', 1)[-1]}\n".encode()
         else:
             self.files.pop(PREFIX + relpath + ".sha1sum.txt", None)
 
+    def version(self, path: str) -> dict[str, str]:
+        """The validators a response for ``path`` carries: an ETag and a Last-Modified that change with each put."""
+        count = self.versions.get(path, 0)
+        version = {"etag": f'"v{count}-{hashlib.sha1(self.files[path]).hexdigest()[:12]}"',
+                   "last-modified": email.utils.formatdate(1_700_000_000 + 100 * count, usegmt=True)}
+        return {k: v for k, v in version.items() if k in self.validators}
+
     def gets(self, relpath: str) -> list[str | None]:
         """The Range header of each request for ``relpath`` (None: no Range)."""
         return [r for p, r in self.requests if p == PREFIX + relpath]
+
+
+LOGIN_PAGE = (b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head>\n"
+              b"<body><form action=\"/login\" method=\"post\"><input name=\"user\"></form></body></html>\n")
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -76,6 +93,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         path = urllib.parse.urlsplit(self.path).path
         with state.lock:
             state.requests.append((path, self.headers.get("Range")))
+            state.if_ranges.append((path, self.headers.get("If-Range")))
             failures = state.fail.get(path)
             status = failures.pop(0) if failures else None
             cut = state.cut.get(path, 0)
@@ -90,13 +108,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if status is not None:
             self.send_error(status)
             return
+        if state.login_page is not None:
+            self.send_response(200)
+            self.send_header("Content-Type", state.login_page)
+            self.send_header("Content-Length", str(len(LOGIN_PAGE)))
+            self.end_headers()
+            self.wfile.write(LOGIN_PAGE)
+            return
         if path not in state.files:
             self.send_error(404)
             return
         content = state.files[path]
         start = 0
+        version = state.version(path)
+        if_range = self.headers.get("If-Range")
         match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-        if match and path not in state.ignore_range:
+        if match and path not in state.ignore_range and (if_range is None or if_range in version.values()):
             start = int(match.group(1))
             if start >= len(content):
                 self.send_response(416)
@@ -109,6 +136,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         body = content[start:]
+        for header, value in version.items():
+            self.send_header(header.title().replace("Etag", "ETag"), value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if path in state.stall:
@@ -128,19 +157,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch):
-    """No FLASHSCENIC_* settings, no proxies, fast backoff, and no connection beyond 127.0.0.1."""
+    """No FLASHSCENIC_* settings, no proxies, fast backoff (conftest.py blocks the network)."""
     for name in ("FLASHSCENIC_CACHE", "FLASHSCENIC_RESOURCE_URL", "FLASHSCENIC_OFFLINE", "http_proxy",
                  "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(data, "_BACKOFF_SECONDS", 0.001)
-    real = socket.create_connection
-
-    def local_only(address, *args, **kwargs):
-        if address[0] not in ("127.0.0.1", "localhost"):
-            raise AssertionError(f"a test tried to reach {address[0]}: tests must not touch the network")
-        return real(address, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "create_connection", local_only)
 
 
 @pytest.fixture
@@ -170,6 +191,18 @@ def fetch(server, cache, **kwargs):
 
 def served(server, relpath):
     return server.files[PREFIX + relpath]
+
+
+def database_bytes(tmp_path, seed=0) -> bytes:
+    """A small genuine ranking database: what a server without checksums must serve to be accepted."""
+    (tmp_path / "made").mkdir(exist_ok=True)
+    return write(tmp_path / "made" / f"db{seed}.feather", ranks(seed=seed)).read_bytes()
+
+
+def leftovers(tmp_path):
+    """What the cache directory holds besides lock files."""
+    directory = tmp_path / "scenic" / "human" / "v10"
+    return sorted(p.name for p in directory.iterdir() if not p.name.endswith(".lock")) if directory.is_dir() else []
 
 
 # ----------------------------------------------------------------------------- downloads
@@ -299,11 +332,108 @@ def test_force_downloads_again(server, tmp_path):
 
 
 def test_server_without_checksums_warns_and_checks_the_size(server, tmp_path):
-    server.put(DB0, served(server, DB0), checksum=False)
+    server.put(DB0, database_bytes(tmp_path), checksum=False)
     with pytest.warns(UserWarning, match=r"publishes no checksum for hg38_500bp.*only its size will be checked"):
         got = fetch(server, tmp_path)
     record = json.loads(got.ranking_databases[0].with_name(got.ranking_databases[0].name + ".verified.json").read_text())
     assert record["checked"] == "size" and got.ranking_databases[0].read_bytes() == served(server, DB0)
+
+
+@pytest.mark.filterwarnings("ignore:.*(checksum|SHA-1)")
+@pytest.mark.parametrize("content_type", ["text/html; charset=utf-8", "application/octet-stream", "text/plain"])
+def test_a_mirror_answering_with_a_login_page_is_refused_and_nothing_is_kept(server, tmp_path, content_type):
+    server.login_page = content_type  # 200 and the same HTML page under every name, checksums included
+    with pytest.raises(DownloadError, match=r"^hg38_500bp_\S+\.feather: .*refused") as caught:
+        fetch(server, tmp_path)
+    assert "\n" not in str(caught.value)
+    directory = tmp_path / "scenic" / "human" / "v10"
+    for file in HUMAN.files:  # each kind refuses it by its own check
+        with pytest.raises(DownloadError, match=rf"^{re.escape(file.name)}: .*refused") as caught:
+            data._ensure_file(file, directory / file.name, HUMAN.url(file, server.url), force=False, timeout=5,
+                              retries=0, verbose=False)
+        assert "\n" not in str(caught.value)
+    assert leftovers(tmp_path) == []  # nothing kept, nothing recorded as verified
+    assert {s.state for s in cache_status(HUMAN, tmp_path)} == {"missing"}
+    with pytest.raises(ResourceNotFoundError):
+        fetch(server, tmp_path, offline=True)
+
+
+def test_genuine_files_without_checksums_are_accepted_by_their_kind(server, tmp_path):
+    for relpath, content in ((DB0, database_bytes(tmp_path, 0)), (DB1, database_bytes(tmp_path, 1)),
+                             (ANNOTATION, served(server, ANNOTATION)), (TFS, served(server, TFS))):
+        server.put(relpath, content, checksum=False)
+    with pytest.warns(UserWarning, match="publishes no checksum"):
+        got = fetch(server, tmp_path)
+    for path, relpath in zip((*got.ranking_databases, got.motif_annotation, got.tf_list), (DB0, DB1, ANNOTATION, TFS)):
+        assert path.read_bytes() == served(server, relpath)
+    assert {s.state for s in cache_status(HUMAN, tmp_path)} == {"verified"}
+
+
+def test_an_html_page_recorded_by_an_older_version_is_not_trusted(server, tmp_path):
+    """Records once written after a size check alone ("checked": "size") no longer vouch for a file."""
+    directory = tmp_path / "scenic" / "human" / "v10"
+    directory.mkdir(parents=True)
+    tf_list = directory / HUMAN.tf_list.name
+    tf_list.write_bytes(LOGIN_PAGE)
+    stat = tf_list.stat()
+    data._record_path(tf_list).write_text(json.dumps({
+        "file": tf_list.name, "url": None, "sha1": hashlib.sha1(LOGIN_PAGE).hexdigest(), "checked": "size",
+        "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}))
+    assert {s.file.kind: s.state for s in cache_status(HUMAN, tmp_path)}["tf_list"] == "unverified"
+    with pytest.raises(ResourceNotFoundError, match=r"allTFs_hg38\.txt is present but unverified"):
+        data._ensure_file(HUMAN.tf_list, tf_list, None, force=False, timeout=5, retries=0, verbose=False)
+    server.put(TFS, served(server, TFS), checksum=False)
+    with pytest.warns(UserWarning, match="publishes no checksum"):
+        assert fetch(server, tmp_path).tf_list.read_bytes() == served(server, TFS)
+
+
+@pytest.mark.parametrize("validator", ["etag", "last-modified"])
+def test_a_resumed_download_whose_server_file_changed_restarts(server, tmp_path, validator):
+    server.validators = {validator}
+    server.cut[PREFIX + DB0] = 1
+    server.fail[PREFIX + DB0] = [None, 403]  # served (and cut half-way), then refused: the run stops
+    with pytest.raises(DownloadError, match="HTTP 403"):
+        fetch(server, tmp_path)
+    half = len(served(server, DB0)) // 2
+    partial = tmp_path / "scenic" / "human" / "v10" / (DB0.rsplit("/", 1)[-1] + ".partial")
+    assert partial.read_bytes() == served(server, DB0)[:half]
+    started_from = server.version(PREFIX + DB0)[validator]
+    server.put(DB0, bytes(reversed(served(server, DB0))))  # a new version of the file, same size
+    assert server.version(PREFIX + DB0)[validator] != started_from
+    got = fetch(server, tmp_path)
+    assert server.gets(DB0)[-1] == f"bytes={half}-"
+    assert [value for path, value in server.if_ranges if path == PREFIX + DB0][-1] == started_from
+    assert got.ranking_databases[0].read_bytes() == served(server, DB0)  # the old version is gone: started over
+    record = json.loads(data._record_path(got.ranking_databases[0]).read_text())
+    assert record["checked"] == "sha1sum" and record["sha1"] == hashlib.sha1(served(server, DB0)).hexdigest()
+    assert [name for name in leftovers(tmp_path) if ".partial" in name] == []
+
+
+def test_a_partial_without_a_version_or_a_checksum_is_not_resumed(server, tmp_path):
+    """Nothing could tell a resumed file of mixed versions apart: start over."""
+    server.put(DB0, database_bytes(tmp_path), checksum=False)
+    directory = tmp_path / "scenic" / "human" / "v10"
+    directory.mkdir(parents=True)
+    (directory / (DB0.rsplit("/", 1)[-1] + ".partial")).write_bytes(served(server, DB0)[:1000])
+    with pytest.warns(UserWarning, match="publishes no checksum"):
+        got = fetch(server, tmp_path)
+    assert server.gets(DB0) == [None] and got.ranking_databases[0].read_bytes() == served(server, DB0)
+
+
+def test_sha1_is_computed_from_the_bytes_on_disk(server, tmp_path, monkeypatch):
+    """Bytes that reach the disk differently from the stream (here: appended between attempts) are caught."""
+    server.cut[PREFIX + DB0] = 1
+    partial = tmp_path / "scenic" / "human" / "v10" / (DB0.rsplit("/", 1)[-1] + ".partial")
+
+    def sleep(seconds):
+        if partial.is_file():
+            with open(partial, "ab") as f:
+                f.write(b"\0" * 100)
+
+    monkeypatch.setattr(data, "time", type("Clock", (), {"sleep": staticmethod(sleep)}))
+    with pytest.raises(ChecksumError, match="the download was deleted"):
+        fetch(server, tmp_path)
+    assert not partial.exists()
 
 
 @pytest.mark.parametrize("target", ["file:///etc/passwd", "ftp://127.0.0.1/db1"])

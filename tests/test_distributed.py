@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import operator
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -167,17 +165,6 @@ def test_reference_is_sensible_and_layout_free(case):
     assert dense["auc"].tobytes() == csr["auc"].tobytes()  # the store's layout changes nothing
 
 
-@pytest.fixture
-def one_torch_thread():
-    """torch's threads spin-wait: on a busy machine, tiny batches with 2 threads run 50x slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_get_aucell_rows_are_independent_of_split_and_batch_on_csr(case, seed, one_torch_thread):
     expression = sp.csr_matrix(case["expression"])
@@ -242,7 +229,11 @@ def test_shards_split_whole_tfs_and_balance_work():
         assert sorted(id(m) for s in shards for m in s) == sorted(id(m) for m in modules)
         assert all(len({m.tf for m in s} & {m.tf for m in t}) == 0 for i, s in enumerate(shards)
                    for t in shards[i + 1:])
-        assert tf_shards(list(reversed(modules)), n) is not None  # any order is accepted
+        backwards = tf_shards(list(reversed(modules)), n)
+        assert backwards is not None  # any order is accepted ...
+        assert sorted(id(m) for s in backwards for m in s) == sorted(id(m) for m in modules)
+        by_tfs = lambda found: sorted(sorted({m.tf for m in s}) for s in found)  # noqa: E731
+        assert by_tfs(backwards) == by_tfs(shards)  # ... and gives the same split of the TFs
     loads = sorted(sum(len(m) for m in s) for s in tf_shards(modules, 2))
     assert loads == [220, 260]  # B 200 | D 120, A 80 | E 60 -> B's | C 20 -> the other: largest first, lightest shard
 
@@ -314,24 +305,68 @@ def test_external_scheduler_started_by_the_local_recipe(case, tmp_path):
 # --- faults ---------------------------------------------------------------------------
 
 
-def _slowly(function, seconds, *args):
-    time.sleep(seconds)
-    return function(*args)
+def _wait_for(path: Path, timeout: float = 120.0, abort: threading.Event | None = None) -> bool:
+    """Wait until ``path`` exists (a barrier another process opens); False on timeout or abort."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline or (abort is not None and abort.is_set()):
+            return False
+        time.sleep(0.005)
+    return True
 
 
-class _Slow:
-    """An executor whose AUCell tasks sleep first, so that a test can act while they run."""
+def _held(gate: str, victim: int, function, *args):
+    """A task behind explicit barriers (files in ``gate``), so that a test kills a worker at a known point.
 
-    def __init__(self, inner, seconds):
-        self.inner, self.seconds = inner, seconds
+    On the victim worker: announce ``victim-busy`` and wait there to be killed (a task in hand
+    that never finishes). On any other worker: run the task (its chunk is written), announce
+    ``survivor-done``, and return only once the test has announced ``killed``.
+    """
+    gate = Path(gate)
+    if os.getpid() == victim:
+        (gate / "victim-busy").touch()
+        _wait_for(gate / "released")  # only if the test gave up: then it fails on its own assertions
+        return function(*args)
+    value = function(*args)
+    (gate / "survivor-done").touch()
+    _wait_for(gate / "killed")
+    return value
+
+
+class _Held:
+    """An executor whose AUCell tasks run behind ``_held``'s barriers."""
+
+    def __init__(self, inner, gate: Path, victim: int):
+        self.inner, self.gate, self.victim = inner, gate, victim
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
     def map(self, function, arguments, *, description, **options):
         if description == "AUCell":
-            function = functools.partial(_slowly, function, self.seconds)
+            function = functools.partial(_held, str(self.gate), self.victim, function)
         return self.inner.map(function, arguments, description=description, **options)
+
+
+def _killer(gate: Path, victim: int, wait_for: tuple[str, ...], before_kill=None):
+    """A thread that kills ``victim`` once every barrier in ``wait_for`` is open, then opens ``killed``.
+
+    Returns (thread, abort): set ``abort`` to stop waiting; either way the thread releases
+    every task held at a barrier when it ends.
+    """
+    abort = threading.Event()
+
+    def kill_at_the_barrier():
+        try:
+            if all(_wait_for(gate / name, abort=abort) for name in wait_for):
+                if before_kill is not None:
+                    before_kill()
+                os.kill(victim, signal.SIGKILL)
+        finally:
+            (gate / "killed").touch()
+            (gate / "released").touch()
+
+    return threading.Thread(target=kill_at_the_barrier), abort
 
 
 def test_worker_killed_during_aucell_gives_the_same_result(case, tmp_path):
@@ -342,27 +377,23 @@ def test_worker_killed_during_aucell_gives_the_same_result(case, tmp_path):
         pids = executor.client.run(os.getpid)
         victim = sorted(pids.values())[0]
         out = tmp_path / "out"
+        gate = tmp_path / "gate"
+        gate.mkdir()
         seen: dict = {}
 
-        def kill_after_first_chunk():
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    done = open_results_store(out / ".partial" / "results.zarr").auc_done()  # unpublished run
-                except Exception:  # the store or its AUC array does not exist yet
-                    time.sleep(0.02)
-                    continue
-                if done.sum() >= 1:
-                    seen["done"], seen["chunks"] = int(done.sum()), done.size
-                    os.kill(victim, signal.SIGKILL)
-                    return
-                time.sleep(0.01)
+        def record():  # the victim holds a chunk, the other worker has written one: kill now
+            done = open_results_store(out / ".partial" / "results.zarr").auc_done()  # unpublished run
+            seen["done"], seen["chunks"] = int(done.sum()), done.size
 
-        killer = threading.Thread(target=kill_after_first_chunk)
+        killer, abort = _killer(gate, victim, ("victim-busy", "survivor-done"), record)
         killer.start()
-        results = _run(case, "dense", out, _Slow(executor, 0.1), chunk_cells=50)
-        killer.join()
+        try:
+            results = _run(case, "dense", out, _Held(executor, gate, victim), chunk_cells=50)
+        finally:
+            abort.set()
+            killer.join()
         assert "done" in seen, "the worker was not killed"
+        assert seen["done"] >= 1  # at the barrier: one chunk written, ...
         assert seen["done"] < seen["chunks"] == 20  # killed mid-AUCell
         _assert_same(results, case["reference"]["dense"])
         with pytest.raises(ProcessLookupError):
@@ -372,22 +403,34 @@ def test_worker_killed_during_aucell_gives_the_same_result(case, tmp_path):
         executor.close()
 
 
-def test_lost_shared_value_is_scattered_again(caplog):
+def test_lost_shared_value_is_scattered_again(caplog, tmp_path):
     executor = _local_cluster(1)  # one worker: its death loses the scattered value
     try:
         [pid] = executor.client.run(os.getpid).values()
         shared = executor.share(np.arange(5.0))
-        killer = threading.Timer(0.6, os.kill, (pid, signal.SIGKILL))
+        gate = tmp_path / "gate"
+        gate.mkdir()
+        killer, abort = _killer(gate, pid, ("victim-busy",))  # killed while it holds its first task
         killer.start()
-        tasks = [(np.sum, 0.2 + i / 1000, shared) for i in range(12)] + [(np.max, 0.0, shared)] * 2
-        with caplog.at_level("WARNING", logger="flashscenic"):
-            values = executor.map(_slowly, tasks, description="shared", verbose=False)
-        killer.join()
+        held = functools.partial(_held, str(gate), pid)
+        tasks = [(np.sum, shared, i) for i in range(12)] + [(np.max, shared, 0)] * 2
+        try:
+            with caplog.at_level("WARNING", logger="flashscenic"):
+                values = executor.map(held, [(_first, *task) for task in tasks], description="shared",
+                                      verbose=False)
+        finally:
+            abort.set()
+            killer.join()
         assert values == [10.0] * 12 + [4.0] * 2  # the same arguments twice: one task, both results
         assert "scattering it again" in caplog.text
         assert pid not in executor.client.run(os.getpid).values()
     finally:
         executor.close()
+
+
+def _first(function, value, tag):
+    """``function(value)``; ``tag`` only tells tasks apart."""
+    return function(value)
 
 
 class _Interrupted(Exception):
@@ -447,7 +490,7 @@ def _fail(path, value):
     raise InputError(f"bad value {value}")
 
 
-def test_user_errors_surface_as_themselves_and_are_not_retried(case, tmp_path):
+def test_user_errors_surface_as_themselves_and_are_not_retried(case, tmp_path, monkeypatch):
     executor = _local_cluster(2)
     try:
         calls = tmp_path / "calls"
@@ -465,11 +508,26 @@ def test_user_errors_surface_as_themselves_and_are_not_retried(case, tmp_path):
         with pytest.raises(InputError, match="aucell_auc_threshold=0.999 selects 400 of 400 genes"):
             run_pipeline(case["stores"]["dense"], tmp_path / "out", resources=case["resources"], params=params,
                          executor=executor, adjacencies=case["adjacencies"])
-        # torch threads: the host's cores shared by the two one-thread workers
-        cores = len(os.sched_getaffinity(0))
-        assert set(executor.torch_threads().values()) == {max(1, cores // 2)}
+        # torch threads: the host's CPUs (its affinity, its cgroup quota) shared by the two
+        # one-thread workers; the workers are this process's children, on this host
+        assert set(executor.torch_threads().values()) == {torch_threads_for(1, 2)}
     finally:
         executor.close()
+    # what the two one-thread workers get on other hosts (the rule above, made visible)
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "cpu_count", lambda: 16)
+        patch.setattr(engine, "_cpu_quota", lambda: None)
+        patch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+        assert torch_threads_for(1, 2) == 8  # a whole 16-core machine: half each
+        patch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+        assert torch_threads_for(1, 2) == 4  # pinned to 4 cores of its own: all of them
+        patch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+        patch.setattr(engine, "_cpu_quota", lambda: 3)
+        assert torch_threads_for(1, 2) == 3  # a container of 3 CPUs per worker
+        patch.setattr(os, "cpu_count", lambda: 2)
+        patch.setattr(engine, "_cpu_quota", lambda: None)
+        patch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+        assert torch_threads_for(1, 2) == 1  # 2 cores, no quota, no pinning: cores // 2
 
 
 def test_start_executor_choices(tmp_path, monkeypatch):
@@ -527,52 +585,6 @@ def test_cuda_cluster_only_with_gpus_and_dask_cuda(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
     assert use_cuda_cluster() is False
     assert "dask_cuda" not in sys.modules
-
-
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make certificates")
-def test_tls_from_the_recipe_for_an_external_and_an_embedded_cluster(tmp_path):
-    import yaml
-    from distributed import Security
-
-    dask_command = Path(sys.executable).parent / "dask"
-    if not dask_command.exists():
-        pytest.skip("no dask command beside this Python")
-    certs, config = tmp_path / "certs", tmp_path / "config"
-    made = subprocess.run([str(REPO / "cluster/tls/make-certificates.sh"), str(certs)], capture_output=True,
-                          text=True, timeout=120)
-    assert made.returncode == 0, made.stderr
-    config.mkdir()
-    (config / "dask-tls.yaml").write_text((REPO / "cluster/tls/dask-tls.yaml").read_text()
-                                          .replace("/secure/dask-tls", str(certs)))
-    assert yaml.safe_load((config / "dask-tls.yaml").read_text())["distributed"]["comm"]["require-encryption"]
-    ca, cert, key = str(certs / "ca.pem"), str(certs / "dask.pem"), str(certs / "dask.key")
-    client_only = Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
-
-    env = {**os.environ, "DASK": str(dask_command), "PYTHON": sys.executable, "DASK_CONFIG": str(config)}
-    directory = tmp_path / "cluster"
-    try:
-        done = subprocess.run([str(REPO / "cluster/local/start.sh"), "--dir", str(directory), "--port", "0",
-                               "--dashboard-port", "none", "--workers", "1"], env=env, capture_output=True,
-                              text=True, timeout=180)
-        assert done.returncode == 0, done.stdout + done.stderr
-        executor = start_executor(scheduler_file=directory / "scheduler.json", security=client_only, verbose=False)
-        try:
-            assert executor.client.scheduler.address.startswith("tls://127.0.0.1:")
-            # (an external scheduler unpickles the tasks: their functions must be importable there)
-            assert executor.map(operator.add, [(2, 4), (1, 1)], description="tls", verbose=False) == [6, 2]
-        finally:
-            executor.close()
-    finally:
-        subprocess.run([str(REPO / "cluster/local/stop.sh"), "--dir", str(directory)], env=env, timeout=120)
-
-    everything = Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, tls_scheduler_cert=cert,
-                          tls_scheduler_key=key, tls_worker_cert=cert, tls_worker_key=key, require_encryption=True)
-    executor = start_executor(n_workers=1, security=everything, dashboard_address=None, verbose=False)
-    try:
-        assert executor.client.scheduler.address.startswith("tls://127.0.0.1:")
-        assert all(address.startswith("tls://") for address in executor._workers())
-    finally:
-        executor.close()
 
 
 def test_a_given_client_is_used_left_open_and_its_dashboard_shows_the_stages(case, tmp_path):

@@ -15,7 +15,7 @@ def data(n_cells=200, n_genes=40, seed=0):
     return x, [f"g{j}" for j in range(n_genes)]
 
 
-def test_weights_are_tf_rows_thresholded_and_seeded():
+def test_weights_are_tf_rows_thresholded_and_seeded(one_torch_thread):
     x, genes = data()
     tfs = ["g3", "g0", "g7", "not_a_gene"]
     result = infer_grn(x, genes, tfs, n_steps=30, sparsity_threshold=0.5, device="cpu", seed=1, verbose=False)
@@ -30,10 +30,32 @@ def test_weights_are_tf_rows_thresholded_and_seeded():
     assert list(table.columns) == ["TF", "target", "importance"] and len(table) == nonzero.size
 
 
-def test_sparse_input_and_cell_sampling():
+def test_sparse_input_and_cell_sampling(one_torch_thread):
     x, genes = data(n_cells=300)
     result = infer_grn(sp.csr_matrix(x), genes, ["g0"], n_steps=10, max_cells=150, device="cpu", seed=2, verbose=False)
     assert result.weights.shape == (1, 40)
+    # the same cells sampled and the same network learned from the dense matrix
+    dense = infer_grn(x, genes, ["g0"], n_steps=10, max_cells=150, device="cpu", seed=2, verbose=False)
+    np.testing.assert_array_equal(result.weights, dense.weights)
+    assert result.weights.any()
+    # another seed samples other cells: the sample is not all cells whatever the seed
+    other = infer_grn(x, genes, ["g0"], n_steps=10, max_cells=150, device="cpu", seed=3, verbose=False)
+    assert not np.array_equal(other.weights, dense.weights)
+
+
+def test_the_planted_link_is_found_from_dense_and_sparse_input(one_torch_thread):
+    """Gene 5 is gene 0 plus noise: with enough training, g0 -> g5 is g0's strongest link by far,
+    and the CSR input learns the very network of the dense one."""
+    x, genes = data()
+    options = dict(n_steps=300, sparsity_threshold=None, device="cpu", seed=1, verbose=False)
+    dense = infer_grn(x, genes, ["g0", "g3"], **options)
+    row = dense.weights[dense.tf_names.index("g0")]
+    order = np.argsort(-row, kind="stable")
+    assert genes[order[0]] == "g5", [(genes[j], float(row[j])) for j in order[:5]]
+    assert row[5] >= 2 * row[order[1]]
+    assert row[5] >= 1.5  # kept by the default sparsity_threshold (1.5)
+    sparse = infer_grn(sp.csr_matrix(x), genes, ["g0", "g3"], **options)
+    np.testing.assert_array_equal(sparse.weights, dense.weights)
 
 
 def test_adjacency_table_order():

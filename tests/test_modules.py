@@ -73,6 +73,28 @@ def random_case(case: int):
     return w, tfs, genes, expression, params
 
 
+def assert_not_vacuous(got, w, tfs, genes, kwargs) -> None:
+    """Guard a comparison with pySCENIC against both sides being empty.
+
+    Only ``min_genes`` may empty a random case (it is drawn up to 20 for tables of 8 genes);
+    then the same case with ``min_genes=0`` must give modules, and pySCENIC's.
+    """
+    if got:
+        return
+    assert kwargs.get("min_genes", 20) > 0, "no modules although min_genes=0: the comparison would be vacuous"
+    relaxed = dict(kwargs, min_genes=0)
+    again = build_modules(w, tfs, genes, device="cpu", **relaxed)
+    assert again, "no modules even with min_genes=0: the comparison would be vacuous"
+    assert as_tuples(again) == pyscenic_modules(w, tfs, genes, **relaxed)
+    assert all(len(m) < kwargs.get("min_genes", 20) for m in again)  # min_genes removed each of them
+
+
+def test_random_cases_mostly_give_modules():
+    """The random cases are not mostly empty: most comparisons with pySCENIC compare modules."""
+    sizes = [len(build_modules(*random_case(c)[:3], device="cpu", **random_case(c)[4])) for c in range(N_RANDOM_CASES)]
+    assert sum(n > 0 for n in sizes) >= N_RANDOM_CASES - 2, sizes
+
+
 @pytest.mark.parametrize("case", range(N_RANDOM_CASES))
 def test_equals_pyscenic_without_correlation_split(case):
     w, tfs, genes, _, params = random_case(case)
@@ -80,6 +102,7 @@ def test_equals_pyscenic_without_correlation_split(case):
     got = build_modules(w, tfs, genes, device="cpu", **params)
     assert as_tuples(got) == expected  # same modules, contexts, weights and order
     assert all(not set(m.context) & {"activating", "repressing"} for m in got)
+    assert_not_vacuous(got, w, tfs, genes, params)
 
 
 @pytest.mark.parametrize("keep_only_activating", [True, False], ids=["activating", "both-signs"])
@@ -94,6 +117,7 @@ def test_equals_pyscenic_with_correlation_split(case, keep_only_activating):
     assert as_tuples(got) == expected
     signs = {c for m in got for c in m.context} & {"activating", "repressing"}
     assert signs <= ({"activating"} if keep_only_activating else {"activating", "repressing"})
+    assert_not_vacuous(got, w, tfs, genes, kwargs)
 
 
 def test_rho_threshold_changes_the_split_like_pyscenic():
@@ -101,9 +125,13 @@ def test_rho_threshold_changes_the_split_like_pyscenic():
     in_genes = [i for i, tf in enumerate(tfs) if tf in genes]
     w, tfs = w[in_genes], [tfs[i] for i in in_genes]
     params["min_genes"] = 1
+    found = {}
     for rho in (0.001, 0.3):
         kwargs = dict(params, expression=expression, rho_threshold=rho, keep_only_activating=False)
         assert as_tuples(build_modules(w, tfs, genes, device="cpu", **kwargs)) == pyscenic_modules(w, tfs, genes, **kwargs)
+        found[rho] = as_tuples(build_modules(w, tfs, genes, device="cpu", **kwargs))
+        assert found[rho], "no modules: the comparison would be vacuous"
+    assert found[0.001] != found[0.3]  # the threshold does change the split
 
 
 def test_defaults_equal_pyscenic_on_a_larger_table():
@@ -188,6 +216,7 @@ def test_input_types(convert):
     in_genes = [i for i, tf in enumerate(tfs) if tf in genes]
     w, tfs = w[in_genes], [tfs[i] for i in in_genes]
     expected = build_modules(w, tfs, genes, device="cpu", expression=expression, **params)
+    assert expected, "no modules: the comparison would be vacuous"
     assert build_modules(convert(w), tfs, genes, device="cpu", expression=convert(expression), **params) == expected
     frame = pd.DataFrame(expression, columns=genes)
     assert build_modules(w, tfs, genes, device="cpu", expression=frame, **params) == expected
@@ -563,6 +592,7 @@ def test_cuda_equals_cpu():
     w, tfs = w[in_genes], [tfs[i] for i in in_genes]
     kwargs = dict(params, expression=expression, keep_only_activating=False)
     assert build_modules(w, tfs, genes, device="cuda", **kwargs) == build_modules(w, tfs, genes, device="cpu", **kwargs)
+    assert build_modules(w, tfs, genes, device="cpu", **kwargs), "no modules: the comparison would be vacuous"
     for select in (select_topk_targets, select_top_n_per_target, per_tf(select_mixture_model_targets),
                    per_tf(select_knee_targets)):
         np.testing.assert_array_equal(to_numpy(select(w, device="cuda")), to_numpy(select(w, device="cpu")))

@@ -57,7 +57,7 @@ def test_same_seed_same_result_and_the_consensus_is_the_mean_of_the_runs(sim, th
 def test_recurrence_is_a_fraction_of_runs(three_runs):
     recurrence = three_runs["regulon_recurrence"]
     assert recurrence and all(0 < value <= 1 for value in recurrence.values())
-    assert set(recurrence.values()) <= {1 / 3, 2 / 3, 1.0}
+    assert set(recurrence.values()) <= {1 / 3, 2 / 3, 1.0} and 1.0 in recurrence.values()
     for regulon in three_runs["regulons"]:
         assert regulon["recurrence"] == recurrence.get(regulon["name"], 0.0)
     for name, genes in three_runs["target_recurrence"].items():
@@ -88,25 +88,57 @@ def test_recurrence_consensus_scores_the_recurrent_regulons(sim, three_runs):  #
     assert all(r["recurrence"] == 1.0 for r in result["regulons"])
 
 
-def test_grn_runs_on_a_two_worker_cluster_equal_in_process_bit_for_bit(files, tmp_path):  # noqa: F811
+def test_grn_runs_on_a_two_worker_cluster_equal_in_process_and_in_memory_bit_for_bit(files, tmp_path,  # noqa: F811
+                                                                                       monkeypatch):
+    import anndata
+
+    import flashscenic.pipeline
+
     common = [str(files["input"]), "--tf-list", str(files["tf_list"]), "--ranking-db", str(files["ranking_db"]),
               "--motif-annotation", str(files["motif_annotation"]), "--grn-runs", "3", "--grn-n-steps", str(STEPS),
               "--device", "cpu", "--seed", "5", "--quiet", "--no-report", "--cell-type-column", "cell_type",
-              "--grn-cv-threshold", "2.0"]
+              "--grn-cv-threshold", "0.03"]
     assert main(["run", *common, "--out", str(tmp_path / "here"), "--n-workers", "0"]) == 0
     assert main(["run", *common, "--out", str(tmp_path / "cluster"), "--n-workers", "2",
                  "--dashboard-address", "none"]) == 0
     here, cluster = (open_results_store(tmp_path / name / "results.zarr") for name in ("here", "cluster"))
-    assert here.stages["grn"]["n_runs"] == 3 and here.stages["grn"]["seeds"] == cluster.stages["grn"]["seeds"]
+    grn = here.stages["grn"]
+    assert grn["n_runs"] == 3 and grn["seeds"] == cluster.stages["grn"]["seeds"]
+    assert grn["n_edges_cv_filtered"] == cluster.stages["grn"]["n_edges_cv_filtered"] > 0
     assert np.array_equal(here.read_tf_gene_weights()[0], cluster.read_tf_gene_weights()[0])
     assert here.regulon_names == cluster.regulon_names
     assert here.read_auc().tobytes() == cluster.read_auc().tobytes()
     recurrence = here.read_table("regulon_recurrence")
     assert recurrence["recurrence"].between(0, 1).all() and len(recurrence)
     assert recurrence.equals(cluster.read_table("regulon_recurrence"))
-    # a resume keeps the finished runs: nothing is trained again
-    assert main(["run", *common, "--out", str(tmp_path / "here"), "--n-workers", "0", "--resume"]) == 0
-    assert open_results_store(tmp_path / "here" / "results.zarr").stages["grn"] == here.stages["grn"]
+
+    # in memory, the same seeds: the same consensus and the same scores
+    adata = anndata.read_h5ad(files["input"])
+    memory = flashscenic.multi_run_flashscenic(
+        adata.X, list(adata.var_names), n_runs=3, cv_threshold=0.03, grn_n_steps=STEPS, device="cpu", seed=5,
+        verbose=False, tf_list_path=str(files["tf_list"]), ranking_db_paths=[str(files["ranking_db"])],
+        motif_annotation_path=str(files["motif_annotation"]))
+    assert memory["parameters"]["seeds"] == grn["seeds"] and memory["n_edges_cv_filtered"] == grn["n_edges_cv_filtered"]
+    assert memory["regulon_names"] == here.regulon_names
+    assert memory["auc_scores"].tobytes() == here.read_auc().tobytes()
+
+    # a run interrupted after its first GRN run resumes with the two others only, to the same bits
+    real = flashscenic.pipeline.grn_run_task
+
+    def first_only(results_path, expression_path, tf_names, params, run_id, index):
+        if index > 0:
+            raise KeyboardInterrupt  # as Ctrl-C after the first run
+        return real(results_path, expression_path, tf_names, params, run_id, index)
+
+    monkeypatch.setattr(flashscenic.pipeline, "grn_run_task", first_only)
+    with pytest.raises(KeyboardInterrupt):
+        main(["run", *common, "--out", str(tmp_path / "resumed"), "--n-workers", "0"])
+    monkeypatch.setattr(flashscenic.pipeline, "grn_run_task", real)
+    assert main(["run", *common, "--out", str(tmp_path / "resumed"), "--n-workers", "0", "--resume"]) == 0
+    resumed = open_results_store(tmp_path / "resumed" / "results.zarr")
+    assert resumed.stages["grn"]["runs_computed"] == 2
+    assert resumed.read_auc().tobytes() == here.read_auc().tobytes()
+    assert resumed.read_table("regulon_recurrence").equals(recurrence)
 
 
 def test_runs_with_adjacencies_are_refused(files, tmp_path):  # noqa: F811
@@ -132,5 +164,14 @@ def test_the_report_shows_the_recurrence(files, tmp_path):  # noqa: F811
     page = (tmp_path / "run" / "report.html").read_text()
     table = results.read_table("regulon_recurrence")
     assert "Regulon recurrence over GRN runs" in page and f"2 GRN runs (seeds {results.stages['grn']['seeds'][0]}" in page
+    targets = results.read_table("target_recurrence")
     for name, fraction in zip(table["regulon"], table["recurrence"]):
-        assert f"<td>{name}</td><td>{fraction:.0%}</td>" in page
+        every = int(((targets["regulon"] == name) & (targets["recurrence"] == 1.0)).sum())
+        assert f"<td>{name}</td><td>{fraction:.0%}</td><td>{every:,}</td>" in page
+    # imported regulons replace pruning: the recurrence of the old ones is no longer shown
+    from flashscenic.export import import_pyscenic, write_regulons_gmt
+    from flashscenic.report import write_report
+
+    write_regulons_gmt(results.read_regulons()[:1], tmp_path / "one.gmt")
+    import_pyscenic(results, regulons=tmp_path / "one.gmt")
+    assert "Regulon recurrence" not in write_report(results, tmp_path / "again.html").read_text()

@@ -102,6 +102,42 @@ def test_touched_or_copied_source_keeps_its_cache(tmp_path, monkeypatch):
     assert json.loads(cache_files(path)[1].read_text())["source"]["mtime_ns"] == 10**18
 
 
+def replace_in_place_keeping_size_and_mtime(path: Path, matrix) -> None:
+    """What ``cp``/``rsync --inplace`` then ``touch -r`` do: other bytes, same size, inode and mtime."""
+    before = path.stat()
+    other = write(path.with_name("other.feather"), matrix, compression="uncompressed").read_bytes()
+    assert len(other) == before.st_size
+    with open(path, "r+b") as f:
+        f.write(other)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+
+
+def test_same_size_replacement_with_restored_mtime_rebuilds_the_cache(tmp_path):
+    path = write(tmp_path / "db.feather", ranks(seed=0), compression="uncompressed")
+    read_ranking_database(path)
+    new = ranks(seed=1)
+    replace_in_place_keeping_size_and_mtime(path, new)
+    again = read_ranking_database(path)
+    np.testing.assert_array_equal(again.rankings, new)
+    np.testing.assert_array_equal(np.load(cache_files(path)[0]), new.T)
+
+
+def test_the_content_fingerprint_catches_a_replacement_the_stat_misses(tmp_path):
+    """Where ctime does not move either (some network file systems), the sampled content still does."""
+    path = write(tmp_path / "db.feather", ranks(seed=0), compression="uncompressed")
+    read_ranking_database(path)
+    new = ranks(seed=1)
+    replace_in_place_keeping_size_and_mtime(path, new)
+    meta_path = cache_files(path)[1]
+    meta = json.loads(meta_path.read_text())
+    meta["source"].update(ctime_ns=path.stat().st_ctime_ns)  # the stat now matches in every field
+    meta_path.write_text(json.dumps(meta))
+    np.testing.assert_array_equal(read_ranking_database(path).rankings, new)
+    np.testing.assert_array_equal(read_database_gene_names(path), [f"G{j}" for j in range(50)])
+
+
 @pytest.mark.parametrize("damage", [
     pytest.param(lambda npy, meta: npy.write_bytes(npy.read_bytes()[:-10]), id="truncated-npy"),
     pytest.param(lambda npy, meta: npy.write_bytes(b"not an npy file at all"), id="garbage-npy"),

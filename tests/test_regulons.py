@@ -109,6 +109,7 @@ def assert_regulons_equal_pyscenic(ours: list[dict], theirs: list, rtol: float =
     Scores to 1e-12, other numbers exactly, both relaxed to ``rtol`` (relative) if given.
     """
     assert [r["name"] for r in ours] == [r.name for r in theirs]
+    assert ours, "no regulons on either side: the comparison would be vacuous"
     for mine, ref in zip(ours, theirs):
         assert mine["tf"] == ref.transcription_factor
         assert dict(zip(mine["genes"], mine["weights"])) == dict(ref.gene2weight), mine["name"]

@@ -37,6 +37,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+. "$(dirname "$0")/pids.sh"
 DASK=${DASK:-$(command -v dask || true)}
 if [ -z "$DASK" ] || [ ! -x "$DASK" ]; then
     echo "start.sh: no 'dask' command; activate the environment flashscenic is installed in, or set DASK=/path/to/dask" >&2
@@ -48,7 +49,7 @@ PYTHON=${PYTHON:-$(dirname "$DASK")/python}
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
 for name in scheduler workers; do
-    if [ -f "$DIR/$name.pid" ] && kill -0 "$(cat "$DIR/$name.pid")" 2>/dev/null; then
+    if ours "$name" >/dev/null; then
         echo "start.sh: a cluster is already running from $DIR (stop it with cluster/local/stop.sh --dir $DIR)" >&2
         exit 1
     fi
@@ -64,10 +65,11 @@ fi
 # The scheduler, detached from this shell (its own session: a Ctrl-C here does not reach it).
 setsid "$DASK" scheduler --host "$HOST" --port "$PORT" "${DASHBOARD_OPTIONS[@]}" \
     --scheduler-file "$DIR/scheduler.json" >"$DIR/scheduler.log" 2>&1 </dev/null &
-echo $! >"$DIR/scheduler.pid"
+SCHEDULER_PID=$!
+record_pid scheduler $SCHEDULER_PID
 for _ in $(seq 600); do
     [ -s "$DIR/scheduler.json" ] && break
-    if ! kill -0 "$(cat "$DIR/scheduler.pid")" 2>/dev/null; then
+    if ! kill -0 $SCHEDULER_PID 2>/dev/null; then
         echo "start.sh: the scheduler exited; see $DIR/scheduler.log:" >&2
         tail -n 20 "$DIR/scheduler.log" >&2
         exit 1
@@ -89,7 +91,7 @@ export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-33554432}
 setsid "$DASK" "${WORKER_COMMAND[@]}" --scheduler-file "$DIR/scheduler.json" --host "$HOST" \
     --nthreads "$THREADS" --memory-limit "$MEMORY" --local-directory "$DIR/work" \
     >"$DIR/workers.log" 2>&1 </dev/null &
-echo $! >"$DIR/workers.pid"
+record_pid workers $!
 
 # Wait until the workers have connected (GPU: one per visible GPU, however many that is).
 EXPECTED=${WORKERS:-1}
