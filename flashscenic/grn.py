@@ -133,8 +133,13 @@ def infer_grn(expression, gene_names, tf_names, *, n_steps: int = 1000, sparsity
     ok = tf_rows >= 0
     weights[np.ix_(np.flatnonzero(ok), varying_index)] = learned[tf_rows[ok]]
     if sparsity_threshold is not None:
-        weights[weights < sparsity_threshold] = 0.0
+        weights = sparsify(weights, sparsity_threshold)
     return GRNResult(weights, [gene_names[j] for j in tf_columns], gene_names)
+
+
+def sparsify(weights: np.ndarray, sparsity_threshold: float) -> np.ndarray:
+    """The weights with those below ``sparsity_threshold`` set to 0 (float32, a new array)."""
+    return np.where(weights >= sparsity_threshold, weights, 0).astype(np.float32)
 
 
 def weights_to_adjacencies(weights: np.ndarray, tf_names, gene_names) -> pd.DataFrame:

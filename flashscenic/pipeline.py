@@ -38,8 +38,8 @@ from .errors import InputError, MissingFileError, ResumeMismatchError, RunExists
 from .executors import InProcessExecutor
 from .params import STORE_PIPELINE_ONLY, Params
 from .stages import (Resources, aucell_block, aucell_chunk_task, grn_run_task, grn_task, infer_weights,
-                     make_modules, merge_pruned, prune_task, regulon_matrix, regulons_of, require_regdiffusion,
-                     resources_of, sparse_weights, tf_shards)
+                     make_modules, prune, regulon_matrix, regulons_of, require_regdiffusion, resources_of,
+                     sparse_weights)
 
 __all__ = ["run_flashscenic", "multi_run_flashscenic", "run_pipeline"]
 
@@ -245,9 +245,7 @@ def _in_memory(exp_matrix, gene_names, params: Params, *, adj_matrix=None, runs:
         with timer("modules"):
             modules = make_modules(weights, tf_names, gene_names, params)
         with timer("pruning"):
-            tables = [prune_task(str(db), modules, str(resources.motif_annotation), params)
-                      for db in resources.ranking_databases]
-            _, regulons = merge_pruned(tables, modules, params, resources)
+            _, regulons = prune(modules, params, resources)
     if runs is not None:
         regulons = [{**r, "recurrence": float(out["regulon_recurrence"].get(r["name"], 0.0))} for r in regulons]
         del out["runs"]
@@ -693,12 +691,7 @@ def _stages(results, store, tf_names, params: Params, resources: Resources, adja
             modules = make_modules(weights, tf_rows, gene_names, params)
         _mark(results, timer, "modules", n_modules=len(modules))
         with timer("pruning"), executor.stage("pruning"):
-            shards = tf_shards(modules, n_prune_shards or executor.slots)
-            task_params = params.replace(verbose=False) if executor.remote else params
-            tasks = [(str(db), shard, str(resources.motif_annotation), task_params)
-                     for db in resources.ranking_databases for shard in shards]
-            tables = executor.map(prune_task, tasks, description="pruning", verbose=params.verbose)
-            table, regulons = merge_pruned(tables, modules, params, resources)
+            table, regulons = prune(modules, params, resources, executor, n_prune_shards or executor.slots)
             recurrence = params.grn_runs > 1
             if recurrence:
                 regulons = _with_recurrence(results, regulons, gene_names, params, resources, executor,

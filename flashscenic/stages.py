@@ -34,7 +34,7 @@ from .params import DEFAULT_DATASOURCE, DEFAULT_SPECIES, DEFAULT_VERSION, Params
 __all__ = ["Resources", "prepare_resources", "infer_weights", "make_modules", "prune_task", "merge_pruned",
            "regulon_matrix", "aucell_block", "score_regulons", "require_regdiffusion",
            "resources_of", "load_annotation", "grn_run_task", "regulons_of",
-           "sparse_weights"]
+           "sparse_weights", "prune"]
 
 logger = logging.getLogger(__name__)
 
@@ -414,7 +414,9 @@ def grn_run_task(results_path: str, expression_path: str, tf_names: Sequence[str
 
 def sparse_weights(weights: np.ndarray, params: Params) -> np.ndarray:
     """Raw GRN weights with ``grn_sparsity_threshold`` applied (what ``infer_weights`` returns)."""
-    return np.where(weights >= params.grn_sparsity_threshold, weights, 0).astype(np.float32)
+    from .grn import sparsify
+
+    return sparsify(weights, params.grn_sparsity_threshold)
 
 
 def regulons_of(weights: np.ndarray, tf_names: Sequence[str], gene_names: Sequence[str], params: Params,
@@ -424,14 +426,25 @@ def regulons_of(weights: np.ndarray, tf_names: Sequence[str], gene_names: Sequen
         modules = make_modules(weights, tf_names, gene_names, params)
     except InputError:
         return []
+    try:
+        return prune(modules, params, resources, executor, n_shards, verbose=False)[1]
+    except InputError:
+        return []
+
+
+def prune(modules: Sequence, params: Params, resources: Resources, executor=None, n_shards: int = 1,
+          verbose: bool | None = None) -> tuple[pd.DataFrame, list[dict]]:
+    """Pruning of ``modules``: (database x TF shard) tasks on ``executor`` (default: in this
+    process), merged by ``merge_pruned``; the motif table and the regulons."""
+    from .executors import InProcessExecutor
+
+    executor = executor or InProcessExecutor()
     task_params = params.replace(verbose=False) if executor.remote else params
     tasks = [(str(db), shard, str(resources.motif_annotation), task_params)
              for db in resources.ranking_databases for shard in tf_shards(modules, n_shards)]
-    try:
-        return merge_pruned(executor.map(prune_task, tasks, description="pruning", verbose=False), modules, params,
-                            resources)[1]
-    except InputError:
-        return []
+    tables = executor.map(prune_task, tasks, description="pruning",
+                          verbose=params.verbose if verbose is None else verbose)
+    return merge_pruned(tables, modules, params, resources)
 
 
 def aucell_chunk_task(results_path: str, expression_path: str, index: int, regulon_adjacency,

@@ -61,7 +61,7 @@ def run_ctx(adjacencies, databases, annotations, output: str | os.PathLike, *, p
     """
     from .export import read_adjacencies
     from .regulons import write_motifs_csv
-    from .stages import Resources, infer_weights, load_annotation, make_modules, merge_pruned, prune_task
+    from .stages import Resources, infer_weights, load_annotation, make_modules, prune
 
     params = (params or Params()).with_seed()
     databases = [databases] if isinstance(databases, (str, os.PathLike)) else list(databases)
@@ -82,9 +82,7 @@ def run_ctx(adjacencies, databases, annotations, output: str | os.PathLike, *, p
     tfs = list(dict.fromkeys(table["TF"].astype(str)))
     weights, tf_rows = infer_weights(None, genes, tfs, params, adjacencies=table)
     modules = make_modules(weights, tf_rows, genes, params, expression=matrix)
-    tables = [prune_task(str(db), modules, str(resources.motif_annotation), params)
-              for db in resources.ranking_databases]
-    motifs, regulons = merge_pruned(tables, modules, params, resources)
+    motifs, regulons = prune(modules, params, resources)
     write_motifs_csv(motifs, output)
     return motifs, regulons
 
