@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	# A bare `torch` requirement would pull the CUDA build (gigabytes); take the
 	# CPU wheel first unless a torch is already importable.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,examples]"
 	touch $(STAMP)
 
 test: install
@@ -34,8 +34,15 @@ $(REF)/.installed:
 	$(REF)/bin/python -m pip install -q flashscenic==0.2.0 pyscenic==0.12.1 ctxcore==0.2.0 "setuptools<81"
 	touch $@
 
-bench: install $(REF)/.installed
-	$(BIN)/python benchmarks/aucell.py --ref-python $(REF)/bin/python --out BENCHMARKS.md
+# rustscenic, the fastest other CPU AUCell, is timed in its own venv too.
+RUST := .venv-rustscenic
+$(RUST)/.installed:
+	test -x $(RUST)/bin/python || $(PYTHON) -m venv $(RUST)
+	$(RUST)/bin/python -m pip install -q rustscenic==0.5.1 numpy scipy anndata pandas
+	touch $@
+
+bench: install $(REF)/.installed $(RUST)/.installed
+	$(BIN)/python benchmarks/aucell.py --ref-python $(REF)/bin/python --rustscenic-python $(RUST)/bin/python --out BENCHMARKS.md
 	$(BIN)/python benchmarks/cistarget.py --ref-python $(REF)/bin/python --out BENCHMARKS.md
 	$(BIN)/python benchmarks/database_load.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/store.py --out BENCHMARKS.md
@@ -43,6 +50,8 @@ bench: install $(REF)/.installed
 	$(BIN)/python benchmarks/worker_allocator.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/multi_run.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/multi_run.py --memory --out BENCHMARKS.md
+	$(BIN)/python benchmarks/whole_run.py --overhead --out BENCHMARKS.md
+	$(BIN)/python benchmarks/whole_run.py --atlas --out BENCHMARKS.md
 
 clean:
-	rm -rf $(VENV) .venv-ref build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-ref .venv-rustscenic build *.egg-info .pytest_cache

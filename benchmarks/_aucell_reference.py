@@ -8,7 +8,13 @@ timed and memory-measured the same way:
   python (pyscenic 0.12.1, ctxcore 0.2.0, flashscenic 0.2.0: the old package has our
   name, so it cannot share a venv with this repo);
 * ``--impl flashscenic`` runs with the project venv's python (this repo, installed
-  editable).
+  editable);
+* ``--impl rustscenic`` runs with the rustscenic venv's python (rustscenic 0.5.1, its own
+  venv so its pins stay out of ours). It gets what its public ``rustscenic.aucell.score``
+  accepts: a ``(matrix, gene_names)`` tuple with the float32 matrix as loaded (dense numpy
+  or scipy CSR; it converts neither) and regulons as gene-name lists (it ignores weights).
+  Building the names and the regulon dict is untimed; mapping names to columns is inside
+  ``score`` and timed, as a user pays it.
 
 Which ``flashscenic`` was imported is checked against the expected version, so a mix-up
 of the two venvs fails loudly instead of benchmarking the wrong code.
@@ -57,6 +63,21 @@ def prepare(args, X, W):
     default), and returns a float64 cells x regulons array.
     """
     versions = {"numpy": np.__version__}
+    if args.impl == "rustscenic":
+        import rustscenic.aucell
+
+        versions.update(rustscenic=version("rustscenic"))
+        genes = [f"g{j:05d}" for j in range(W.shape[1])]
+        names = [f"r{i:03d}" for i in range(W.shape[0])]
+        regulons = {name: [genes[j] for j in np.flatnonzero(row)] for name, row in zip(names, W)}
+
+        def call(n_cells=None):
+            auc = rustscenic.aucell.score((X if n_cells is None else X[:n_cells], genes), regulons,
+                                          top_frac=args.auc_threshold)
+            return auc[names].to_numpy(dtype=np.float64)
+
+        return call, versions
+
     if args.impl == "pyscenic":
         import pandas as pd
         from ctxcore.genesig import GeneSignature
@@ -104,7 +125,7 @@ def prepare(args, X, W):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--impl", required=True, choices=["flashscenic", "flashscenic-0.2.0", "pyscenic"])
+    parser.add_argument("--impl", required=True, choices=["flashscenic", "flashscenic-0.2.0", "pyscenic", "rustscenic"])
     parser.add_argument("--data", required=True, help="input .npz")
     parser.add_argument("--out", required=True, help="where to save the result .npz")
     parser.add_argument("--repeats", type=int, default=1, help="time this many calls, report the fastest")

@@ -12,6 +12,8 @@ Called by ``benchmarks/cistarget.py``, never by hand; the same pattern as
 * ``ctxcore-loop`` (reference venv) / ``flashscenic-loop`` (project venv): one module at a
   time, no annotations: ctxcore's ``recovery`` + NES + ``leading_edge`` of the enriched
   motifs (each motif's own curve) vs flashscenic's ``prune_single_module``.
+* ``flashscenic-batch`` (project venv): the same results from one
+  ``CisTargetPruner.prune_batch`` call over all the modules (no annotations).
 * ``read-flashscenic`` / ``read-pandas``: read a Feather ranking database with
   ``flashscenic.rankdb.read_ranking_database`` vs ``pyarrow.feather.read_feather``.
 
@@ -202,6 +204,26 @@ def prepare_flashscenic_loop(args, case):
     return load, prune, versions
 
 
+def prepare_flashscenic_batch(args, case):
+    import torch
+    from flashscenic import CisTargetPruner
+
+    versions = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(), "flashscenic": version("flashscenic")}
+
+    def load():
+        pruner = CisTargetPruner(RANK_THRESHOLD, AUC_THRESHOLD, NES_THRESHOLD, device="cpu", verbose=False)
+        pruner.load_from_tensor(case["ranks"], case["motif_names"], case["gene_names"], name=DB_NAME)
+        return pruner
+
+    def prune(pruner, numbers):
+        results = pruner.prune_batch([case["module_index"][k] for k in numbers])
+        return loop_result([(r["aucs"].numpy(), r["nes"].numpy(), np.flatnonzero(r["enriched_mask"].numpy()),
+                             r["rank_at_max"].tolist(), [np.flatnonzero(m) for m in r["leading_edge_masks"].numpy()])
+                            for r in results])
+
+    return load, prune, versions
+
+
 def loop_result(out: list) -> dict:
     """Per module AUCs and NES (modules x motifs); per enriched motif its module, motif,
     rank at max and leading edge (sorted positions in the module, JSON)."""
@@ -248,7 +270,7 @@ def run_read(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--impl", required=True, choices=["pyscenic", "flashscenic", "ctxcore-loop", "flashscenic-loop",
-                                                          "read-flashscenic", "read-pandas"])
+                                                          "flashscenic-batch", "read-flashscenic", "read-pandas"])
     parser.add_argument("--data", required=True, help="input .npz (a .feather for the read-* implementations)")
     parser.add_argument("--annotations", help="motif2tf .tbl (pyscenic, flashscenic)")
     parser.add_argument("--out", help="where to save the result .npz")
@@ -262,7 +284,7 @@ def main() -> None:
 
     case = load_case(args.data, args.modules)
     prepare = {"pyscenic": prepare_pyscenic, "flashscenic": prepare_flashscenic, "ctxcore-loop": prepare_ctxcore_loop,
-               "flashscenic-loop": prepare_flashscenic_loop}[args.impl]
+               "flashscenic-loop": prepare_flashscenic_loop, "flashscenic-batch": prepare_flashscenic_batch}[args.impl]
     load, prune, versions = prepare(args, case)
     versions["numpy"] = np.__version__
     if versions.get("flashscenic") == "0.2.0":

@@ -1,6 +1,7 @@
-"""AUCell benchmark: flashscenic vs pySCENIC 0.12.1 vs flashscenic 0.2.0, on the CPU.
+"""AUCell benchmark: flashscenic vs rustscenic 0.5.1 vs pySCENIC 0.12.1 vs flashscenic 0.2.0, on the CPU.
 
-    .venv/bin/python benchmarks/aucell.py --ref-python .venv-ref/bin/python [--out BENCHMARKS.md]
+    .venv/bin/python benchmarks/aucell.py --ref-python .venv-ref/bin/python \
+        --rustscenic-python .venv-rustscenic/bin/python [--out BENCHMARKS.md]
 
 Why it is built this way:
 
@@ -11,13 +12,18 @@ Why it is built this way:
   process, so sharing a process would let one row's peak hide another's. The peak is
   reset once the inputs are loaded and the RSS at that point is reported too, so "peak
   over input" is what the kernel itself needed.
-* The references need their own venv (flashscenic 0.2.0 has our package name); data go
-  to them through an ``.npz`` file and results come back the same way.
+* The references need their own venvs (flashscenic 0.2.0 has our package name; rustscenic
+  brings its own pins); data go to them through an ``.npz`` file and results come back
+  the same way.
 * Only the kernel call is timed (``time.perf_counter`` around it): no imports, no data
-  generation, no conversion to a DataFrame or to signatures.
-* pySCENIC runs once (it is slow), as does 0.2.0; ours is best of ``--repeats``.
+  generation, no conversion to a DataFrame or to signatures. rustscenic gets the float32
+  matrix as loaded (dense or CSR), which its ``score`` uses without a copy.
+* pySCENIC runs once (it is slow), as does 0.2.0; ours and rustscenic are best of
+  ``--repeats``.
 * pySCENIC's result is also the correctness check: with the same seed ours must match it
-  to float32 rounding (~1e-7), which the table shows.
+  to float32 rounding (~1e-7), which the table shows. On the sparse case it runs on the
+  first ``SPARSE_CHECK_CELLS`` cells only (all 100,000 would take minutes and gigabytes);
+  every row's difference is taken on those cells.
 """
 
 from __future__ import annotations
@@ -43,9 +49,10 @@ SEED = 0
 AUC_THRESHOLD = 0.05
 
 # (cells, genes, regulons, smallest regulon, largest regulon)
-FULL = {"dense": (20_000, 2_000, 200, 10, 300), "sparse": (100_000, 2_000, 200, 10, 300)}
+FULL = {"dense": (12_000, 2_000, 200, 10, 300), "sparse": (100_000, 2_000, 200, 10, 300)}
 QUICK = {"dense": (400, 300, 20, 10, 60), "sparse": (1_000, 300, 20, 10, 60)}
 SPARSE_DENSITY = 0.10
+SPARSE_CHECK_CELLS = 10_000  # pySCENIC's check on the sparse case: its first cells
 
 
 def make_regulons(rng, n_genes, n_regulons, smallest, largest) -> np.ndarray:
@@ -110,7 +117,8 @@ def run_case(python: str, data: Path, workdir: Path, impl: str, **options) -> di
     return report
 
 
-def benchmark(sizes: dict, ref_python: str | None, repeats: int, workdir: Path) -> tuple[list, dict, list]:
+def benchmark(sizes: dict, ref_python: str | None, rust_python: str | None, repeats: int,
+              workdir: Path) -> tuple[list, dict, list]:
     """Run every case; return table rows, the versions each venv reported, summary lines."""
     ours = sys.executable
     rows, versions, summary = [], {}, []
@@ -118,62 +126,91 @@ def benchmark(sizes: dict, ref_python: str | None, repeats: int, workdir: Path) 
     print("dense case: generating", sizes["dense"][:3], flush=True)
     X, W = make_dense(*sizes["dense"])
     largest = int((W != 0).sum(axis=1).max())
-    dense_case = f"dense {X.shape[0]:,} x {X.shape[1]:,}, {W.shape[0]} regulons"
+    dense_case = f"dense {X.shape[0]:,} x {X.shape[1]:,}, {W.shape[0]} weighted regulons"
     data = workdir / "dense.npz"
     save_case(data, X, W)
     del X
 
-    results = []  # (implementation label, report)
+    results = []  # (implementation label, report, whether its time compares)
     reference = None
     if ref_python:
         reference = run_case(ref_python, data, workdir, "pyscenic", num_workers=2)
-        results.append(("pySCENIC 0.12.1 aucell, num_workers=2", reference))
+        results.append(("pySCENIC 0.12.1 aucell, num_workers=2", reference, True))
         old = run_case(ref_python, data, workdir, "flashscenic-0.2.0", k=largest, batch_size=32)
-        results.append((f"flashscenic 0.2.0, k={largest}, batch_size=32", old))
+        results.append((f"flashscenic 0.2.0, k={largest}, batch_size=32", old, True))
         versions["reference"] = {**reference["versions"], **old["versions"]}
-    fast = {}  # batch_size -> seconds with ties='pyscenic', for the goals
+    rust = {}  # case -> rustscenic seconds
+    if rust_python:
+        report = run_case(rust_python, data, workdir, "rustscenic", repeats=repeats)
+        results.append(("rustscenic 0.5.1 aucell.score (unweighted)", report, True))
+        rust["dense"] = report["seconds"]
+        versions["rustscenic"] = report["versions"]
+    fast = {"dense": {}, "sparse": {}}  # case -> batch_size -> seconds with ties='pyscenic'
     for ties in ("pyscenic", "average"):
         for batch_size in (32, 256):
             report = run_case(ours, data, workdir, "flashscenic", batch_size=batch_size, ties=ties, repeats=repeats)
-            results.append((f"flashscenic, batch_size={batch_size}, ties='{ties}'", report))
+            results.append((f"flashscenic, batch_size={batch_size}, ties='{ties}'", report, True))
             versions["ours"] = report["versions"]
             if ties == "pyscenic":
-                fast[batch_size] = report["seconds"]
+                fast["dense"][batch_size] = report["seconds"]
     rows += table_rows(dense_case, results, reference)
     if ref_python:
         for name, report, goal in (("pySCENIC (2 workers)", reference, 30), ("flashscenic 0.2.0", old, 50)):
-            ratios = ", ".join(f"{report['seconds'] / t:.0f}x at batch_size={b}" for b, t in fast.items())
-            summary.append(f"{name} time / flashscenic time, dense case: {ratios} (goal: >= {goal}x).")
+            summary.append(f"{name} time / flashscenic time, dense case: {ratios(report['seconds'], fast['dense'])} "
+                           f"(goal: >= {goal}x).")
 
     print("sparse case: generating", sizes["sparse"][:3], flush=True)
     X, W = make_sparse(*sizes["sparse"])
-    sparse_case = f"CSR {X.shape[0]:,} x {X.shape[1]:,} ({X.nnz / np.prod(X.shape):.0%} non-zero), {W.shape[0]} regulons"
+    sparse_case = (f"CSR {X.shape[0]:,} x {X.shape[1]:,} ({X.nnz / np.prod(X.shape):.0%} non-zero), "
+                   f"{W.shape[0]} weighted regulons")
     data = workdir / "sparse.npz"
     save_case(data, X, W)
+    check = workdir / "sparse_check.npz"
+    check_cells = min(SPARSE_CHECK_CELLS, X.shape[0])
+    save_case(check, X[:check_cells].toarray(), W)
     del X
     results = []
+    reference = None
+    if ref_python:
+        reference = run_case(ref_python, check, workdir, "pyscenic", num_workers=2)
+        results.append((f"pySCENIC 0.12.1 aucell, num_workers=2, first {check_cells:,} cells (the check)",
+                        reference, False))
+    if rust_python:
+        report = run_case(rust_python, data, workdir, "rustscenic", repeats=repeats)
+        results.append(("rustscenic 0.5.1 aucell.score (unweighted)", report, True))
+        rust["sparse"] = report["seconds"]
     for batch_size in (32, 256):
         report = run_case(ours, data, workdir, "flashscenic", batch_size=batch_size, ties="pyscenic", repeats=repeats)
-        results.append((f"flashscenic, batch_size={batch_size}, ties='pyscenic'", report))
-    rows += table_rows(sparse_case, results, None)
+        results.append((f"flashscenic, batch_size={batch_size}, ties='pyscenic'", report, True))
+        fast["sparse"][batch_size] = report["seconds"]
+    rows += table_rows(sparse_case, results, reference)
+    for case, seconds in rust.items():
+        summary.append(f"rustscenic 0.5.1 time / flashscenic time, {case} case: {ratios(seconds, fast[case])} "
+                       "(goal: >= 3x).")
     return rows, versions, summary
 
 
+def ratios(seconds: float, ours: dict) -> str:
+    """``seconds`` over each of our batch sizes' times, e.g. '69x at batch_size=32, ...'."""
+    return ", ".join(f"{number(seconds / t)}x at batch_size={b}" for b, t in ours.items())
+
+
 def table_rows(case: str, results: list, reference: dict | None) -> list:
-    """One row per implementation; ratios are against ours with default settings (first ours row)."""
-    baseline = next(r for label, r in results if label.startswith("flashscenic,"))["seconds"]
+    """One row per implementation; time ratios are against ours with default settings (first
+    ours row); differences are on the cells the reference scored (its first rows)."""
+    baseline = next(r for label, r, _ in results if label.startswith("flashscenic,"))["seconds"]
     rows = []
-    for label, r in results:
+    for label, r, compares in results:
         diff = "—"
         if reference is not None and r is not reference:
-            diff = f"{np.abs(r['auc'] - reference['auc']).max():.1e}"
+            n = reference["auc"].shape[0]
+            diff = f"{np.abs(r['auc'][:n] - reference['auc']).max():.1e}"
         memory = f"{r['peak_mib']:,.0f}"
         if r["children_peak_mib"]:
             memory += f" (largest worker: {r['children_peak_mib']:,.0f})"
-        rows.append(
-            [case, label, number(r["seconds"]), number(r["seconds"] / baseline) + "x", diff,
-             memory, f"{r['peak_mib'] - r['baseline_mib']:,.0f}"]
-        )
+        ratio = number(r["seconds"] / baseline) + "x" if compares else "—"
+        added = f"{r['peak_mib'] - r['baseline_mib']:,.0f}"
+        rows.append([case, label, number(r["seconds"]), ratio, diff, memory, added])
     return rows
 
 
@@ -187,15 +224,19 @@ def markdown(rows: list, versions: dict, summary: list, sizes: dict, info: dict,
               "peak RSS (MiB)", "peak over input (MiB)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    ours, ref = versions.get("ours", {}), versions.get("reference")
+    ours, ref, rust = versions.get("ours", {}), versions.get("reference"), versions.get("rustscenic")
     refs = (f"pySCENIC {ref['pyscenic']}, ctxcore {ref['ctxcore']}, flashscenic {ref['flashscenic']} "
             f"(its own venv: numpy {ref['numpy']}, pandas {ref['pandas']}, torch {ref['torch']})"
-            if ref else "not run (no --ref-python)")
+            if ref else "pySCENIC and flashscenic 0.2.0 not run (no --ref-python)")
+    refs += (f"; rustscenic {rust['rustscenic']} (its own venv: numpy {rust['numpy']})" if rust
+             else "; rustscenic not run (no --rustscenic-python)")
     return "\n".join([
         "## AUCell",
         "",
         f"Measured {datetime.date.today().isoformat()} on {info['cpu']}, {info['cores']} cores, "
-        f"{info['ram_gib']:.0f} GiB RAM; Python {info['python']}, torch {ours.get('torch')} "
+        f"{info['ram_gib']:.0f} GiB RAM (1-minute load average {info['load']:.2f} at the start, "
+        f"{os.getloadavg()[0]:.2f} at the end; the machine is shared); "
+        f"Python {info['python']}, torch {ours.get('torch')} "
         f"({ours.get('torch_threads')} threads), numpy {ours.get('numpy')}, flashscenic {ours.get('flashscenic')}. "
         f"References: {refs}.",
         "",
@@ -205,7 +246,7 @@ def markdown(rows: list, versions: dict, summary: list, sizes: dict, info: dict,
         f"regulon sizes uniform in {sizes['dense'][3]}..{sizes['dense'][4]} genes, weights uniform in (0.01, 1). "
         "Seconds: the kernel call "
         "only, after an untimed warm-up call on 64 cells (numba JIT, torch library loading) "
-        f" (flashscenic: best of {repeats}; pySCENIC and flashscenic 0.2.0: one run). "
+        f" (flashscenic and rustscenic: best of {repeats}; pySCENIC and flashscenic 0.2.0: one run). "
         "Every row runs in a fresh process: peak RSS is that process's peak resident set (VmHWM) "
         "while the kernel runs (reset after the inputs are loaded, so it includes the inputs but not "
         "the transient copies made reading them); peak over input is peak RSS minus the RSS just "
@@ -213,7 +254,10 @@ def markdown(rows: list, versions: dict, summary: list, sizes: dict, info: dict,
         "Time ratios are against flashscenic with default settings (batch_size=32, ties='pyscenic') "
         "on the same case. ties='average' is the expected AUC over random tie order, so it "
         "differs from pySCENIC's seeded tie order by design; flashscenic 0.2.0 breaks ties "
-        "with random noise, so it differs too. pySCENIC's forked workers share its "
+        "with random noise, so it differs too; rustscenic ignores regulon weights and breaks ties "
+        "by gene index, so it differs as well. On the sparse case pySCENIC scores the first "
+        f"{SPARSE_CHECK_CELLS:,} cells (densified) as the check, and every difference is taken on "
+        "those cells; its time is not comparable. pySCENIC's forked workers share its "
         "rankings copy-on-write; their peaks are listed but not added.",
         "",
         *lines,
@@ -226,8 +270,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ref-python", help="python of the reference venv (pyscenic 0.12.1, flashscenic 0.2.0); "
                         "references are skipped when absent")
+    parser.add_argument("--rustscenic-python", help="python of a venv with rustscenic 0.5.1; skipped when absent")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not a measurement")
-    parser.add_argument("--repeats", type=int, default=3, help="flashscenic timings: best of this many")
+    parser.add_argument("--repeats", type=int, default=3, help="flashscenic and rustscenic timings: best of this many")
     parser.add_argument("--out", type=Path, help="markdown file whose '## AUCell' section to write or replace")
     args = parser.parse_args()
 
@@ -237,15 +282,22 @@ def main() -> None:
         ref_python = None
     elif not ref_python:
         print("no --ref-python: skipping pySCENIC and flashscenic 0.2.0")
+    rust_python = args.rustscenic_python
+    if rust_python and not Path(rust_python).exists():
+        print(f"rustscenic python {rust_python} not found: skipping rustscenic")
+        rust_python = None
+    elif not rust_python:
+        print("no --rustscenic-python: skipping rustscenic")
 
     python = os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..") else sys.executable
     command = shlex.join([python, *sys.argv])
     (HERE / "_work").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=HERE / "_work") as tmp:
         sizes = QUICK if args.quick else FULL
-        rows, versions, summary = benchmark(sizes, ref_python, args.repeats, Path(tmp))
+        info = machine()
+        rows, versions, summary = benchmark(sizes, ref_python, rust_python, args.repeats, Path(tmp))
 
-    section = markdown(rows, versions, summary, sizes, machine(), command, args.repeats)
+    section = markdown(rows, versions, summary, sizes, info, command, args.repeats)
     print("\n" + section)
     if args.out:
         write_section(args.out, section)

@@ -1,6 +1,9 @@
 """cisTarget pruning benchmark: flashscenic vs pySCENIC 0.12.1 / ctxcore 0.2.0, on the CPU.
 
     .venv/bin/python benchmarks/cistarget.py --ref-python .venv-ref/bin/python [--out BENCHMARKS.md]
+    # the per-module rows only, both shapes, against the code of another checkout too:
+    .venv/bin/python benchmarks/cistarget.py --ref-python .venv-ref/bin/python --per-module-only \
+        --before /tmp/before --before-label 'HEAD (bb48ef5)'
 
 Built like ``benchmarks/aucell.py``: one run, same machine, same data for every row; each
 measured row in a fresh process (``_cistarget_reference.py``) with the same timing and
@@ -8,15 +11,23 @@ memory code; the references in their own venv, data passed through ``.npz``/``.t
 files in ``benchmarks/_work/``. Only the pruning is timed; building the database object
 from the rank matrix is timed apart ("load").
 
-Data (fixed seed): a database of int16 rank permutations, motifs x genes; modules of
-uniformly random size, the TF first with weight 1.0, GRN weights uniform in (0.01, 10);
-for each module a third of its genes are planted near the top of a few motifs' rankings,
-so those motifs are enriched; a motif2tf table annotating 5% of the motifs to each TF
-(plus most of its planted motifs), a third of the rows failing the q-value filter.
+Two shapes (``--shapes``): ``full``, 5,000 motifs x 20,000 genes and 500 modules of
+20-500 genes, and ``small``, 1,500 motifs x 12,000 genes and 150 modules of 20-300 genes,
+where fixed per-call costs weigh most. Data (fixed seed): a database of int16 rank
+permutations, motifs x genes; modules of uniformly random size, the TF first with weight
+1.0, GRN weights uniform in (0.01, 10); for each module a third of its genes are planted
+near the top of a few motifs' rankings, so those motifs are enriched; a motif2tf table
+annotating 5% of the motifs to each TF (plus most of its planted motifs), a third of the
+rows failing the q-value filter.
 
 pySCENIC's module2df is slow (about 1 s a module at full size), so it runs on a fixed
-random subset of the modules (``--reference-modules``, default 100 of 500); the ratios
-are per module, and the table says so. ctxcore's loop runs every module.
+random subset of the modules (``--reference-modules``, default 100 of 500 at full size,
+all 150 of the small shape); the ratios are per module, and the table says so. ctxcore's
+loop runs every module. ``--per-module-only`` leaves out pySCENIC and the Feather reading:
+what remains (ctxcore's loop, ``prune_single_module``, ``prune_batch``, ``motif_table``)
+takes a few minutes. ``--before DIR`` also runs flashscenic's rows with the package in
+DIR (e.g. ``git archive HEAD | tar -x -C DIR``) first on PYTHONPATH, so before/after
+ratios come from one run.
 """
 
 from __future__ import annotations
@@ -44,9 +55,10 @@ ANNOTATED_FRACTION = 0.05  # of all motifs, annotated to each TF
 Q_VALUES = (0.0, 1e-6, 1e-4, 1e-3, 0.01, 0.2)  # the last two fail the default fdr of 0.001
 IDENTITIES = (1.0, 0.9, 0.5, 0.0)
 
-# motifs, genes, modules, smallest module, largest module, pySCENIC modules; Feather motifs x genes
-FULL = {"prune": (5_000, 20_000, 500, 20, 500, 100), "feather": (5_876, 27_015)}
-QUICK = {"prune": (300, 6_000, 24, 20, 150, 12), "feather": (300, 2_000)}
+# motifs, genes, modules, smallest module, largest module, pySCENIC modules
+SHAPES = {"full": (5_000, 20_000, 500, 20, 500, 100), "small": (1_500, 12_000, 150, 20, 300, 150),
+          "quick": (300, 6_000, 24, 20, 150, 12)}
+FEATHER = {"full": (5_876, 27_015), "quick": (300, 2_000)}  # motifs x genes
 
 
 def make_case(n_motifs, n_genes, n_modules, smallest, largest):
@@ -105,14 +117,19 @@ def write_feather(path: Path, n_motifs: int, n_genes: int) -> None:
     feather.write_feather(pa.Table.from_arrays(columns, names=names), str(path), compression="uncompressed")
 
 
-def run_case(python: str, impl: str, data: Path, workdir: Path, **options) -> dict:
-    """Run one implementation in a fresh process; return its JSON report plus its result arrays."""
+def run_case(python: str, impl: str, data: Path, workdir: Path, code: Path | None = None, **options) -> dict:
+    """Run one implementation in a fresh process; return its JSON report plus its result arrays.
+    ``code``: a directory holding another ``flashscenic`` package, put first on PYTHONPATH."""
     out = workdir / f"result_{impl}_{'_'.join(f'{k}{v}' for k, v in options.items() if k != 'annotations')}.npz"
     cmd = [python, str(RUNNER), "--impl", impl, "--data", str(data), "--out", str(out)]
     for key, value in options.items():
         cmd += [f"--{key.replace('_', '-')}", str(value)]
-    print(f"  {impl}", " ".join(f"{k}={v}" for k, v in options.items() if k != "annotations"), flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    if code is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(code)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    print(f"  {impl}", " ".join(f"{k}={v}" for k, v in options.items() if k != "annotations"),
+          "" if code is None else f"(code in {code})", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
         raise SystemExit(f"{impl} failed with exit code {proc.returncode}")
@@ -166,10 +183,11 @@ def compare_loops(ours: dict, ref: dict) -> str:
             f"RankAtMax {at_max}/{len(theirs)}, leading edges {edges}/{len(theirs)} identical")
 
 
-def benchmark(sizes: dict, ref_python: str | None, repeats: int, workdir: Path) -> tuple[list, list, dict, list]:
-    """Run every row; return the pruning rows, the reading rows, versions, summary lines."""
+def prune_rows(sizes: tuple, ref_python: str | None, repeats: int, workdir: Path, per_module_only: bool,
+               before: Path | None, before_label: str) -> tuple[list, dict, list]:
+    """Every pruning row of one shape; return the rows, versions and summary lines."""
     ours = sys.executable
-    n_motifs, n_genes, n_modules, smallest, largest, n_reference = sizes["prune"]
+    n_motifs, n_genes, n_modules, smallest, largest, n_reference = sizes
     print(f"pruning case: generating {n_motifs} motifs x {n_genes} genes, {n_modules} modules", flush=True)
     arrays, annotations = make_case(n_motifs, n_genes, n_modules, smallest, largest)
     data, tbl = workdir / "case.npz", workdir / "motifs.tbl"
@@ -177,67 +195,96 @@ def benchmark(sizes: dict, ref_python: str | None, repeats: int, workdir: Path) 
     annotations.to_csv(tbl, sep="\t", index=False)
     tf_of_module = arrays["gene_names"][arrays["tfs"]]
     del arrays
+    shape = f"{n_motifs:,} motifs x {n_genes:,} genes"
+    versions, summary = {}, []
+    codes = [(None, "")] + ([(before, f", before ({before_label})")] if before else [])
 
-    rows, versions, summary = [], {}, []
-    table_case = (f"{n_motifs:,} motifs x {n_genes:,} genes, {n_modules} modules of {smallest}-{largest} genes, "
-                  f"{len(annotations):,} annotation rows")
+    # Batched path: motif rows with annotations, against pySCENIC's module2df.
+    rows = []
+    table_case = f"{shape}, {n_modules} modules of {smallest}-{largest} genes, {len(annotations):,} annotation rows"
     refs = {}
-    if ref_python:
+    if ref_python and not per_module_only:
         for workers in (1, 2):
             r = run_case(ref_python, "pyscenic", data, workdir, annotations=tbl, workers=workers, modules=n_reference)
             refs[workers] = r
             versions["reference"] = r["versions"]
-    fast = {}
-    for compat in (1, 0):
-        r = run_case(ours, "flashscenic", data, workdir, annotations=tbl, compat=compat, repeats=repeats)
-        fast[compat] = r
-        versions["ours"] = r["versions"]
+    fast = {}  # (compat, code label) -> report
+    for compat in (0,) if per_module_only else (1, 0):
+        for code, suffix in codes:
+            r = run_case(ours, "flashscenic", data, workdir, code, annotations=tbl, compat=compat, repeats=repeats)
+            fast[compat, suffix] = r
+            versions.setdefault("ours", r["versions"])
     subset = "" if not refs or refs[1]["n_modules"] == n_modules else \
         f" (timed on a fixed random subset of {refs[1]['n_modules']} of the {n_modules} modules)"
     for workers, r in refs.items():
         rows.append(prune_row(table_case, f"pySCENIC 0.12.1 module2df, {workers} process{'es' if workers > 1 else ''}"
                               + subset, r, None, "reference"))
-    for compat, r in fast.items():
+    for (compat, suffix), r in fast.items():
         label = "flashscenic motif_table, " + ("pyscenic_compat_leading_edge=True" if compat else "default (bug #635 fixed)")
         check = "no reference run" if not refs else compare_tables(r["result"], refs[1]["result"], refs[1]["result"]["modules"], tf_of_module)
         if refs and not compat:
             check += " (leading edges differ by design where pySCENIC takes another motif's curve)"
-        rows.append(prune_row(table_case, label, r, refs, check))
+        rows.append(prune_row(table_case, label + suffix, r, refs, check))
     for workers, r in refs.items():
-        summary.append(f"pySCENIC ({workers} process{'es' if workers > 1 else ''}) time per module / flashscenic time "
-                       f"per module: {number(per_module(r) / per_module(fast[1]))}x with compat leading edges, "
-                       f"{number(per_module(r) / per_module(fast[0]))}x with the default (goal: >= 30x).")
+        summary.append(f"{shape}: pySCENIC ({workers} process{'es' if workers > 1 else ''}) time per module / "
+                       f"flashscenic motif_table time per module: {number(per_module(r) / per_module(fast[1, '']))}x "
+                       f"with compat leading edges, {number(per_module(r) / per_module(fast[0, '']))}x with the default "
+                       "(goal: >= 30x).")
 
-    loop_case = f"{n_motifs:,} motifs x {n_genes:,} genes, one module at a time, no annotations"
+    # Per-module API: no annotations, against ctxcore's recovery + NES + leading_edge.
+    loop_case = f"{shape}, {n_modules} modules of {smallest}-{largest} genes, one module at a time, no annotations"
     loop_ref = None
     if ref_python:
         loop_ref = run_case(ref_python, "ctxcore-loop", data, workdir)
+        versions["loop_reference"] = loop_ref["versions"]
         rows.append(prune_row(loop_case, "ctxcore recovery + NES + leading_edge per module", loop_ref, None, "reference"))
-    loop = run_case(ours, "flashscenic-loop", data, workdir, repeats=repeats)
-    check = compare_loops(loop["result"], loop_ref["result"]) if loop_ref else "no reference run"
-    rows.append(prune_row(loop_case, "flashscenic prune_single_module per module", loop, {1: loop_ref} if loop_ref else {}, check))
-    if loop_ref:
-        summary.append(f"ctxcore time per module / flashscenic prune_single_module time per module: "
-                       f"{number(per_module(loop_ref) / per_module(loop))}x (goal: >= 30x).")
+    per_call = {}  # (impl, code label) -> report
+    for impl, label in (("flashscenic-loop", "flashscenic prune_single_module per module"),
+                        ("flashscenic-batch", "flashscenic CisTargetPruner.prune_batch, all modules in one call")):
+        for code, suffix in codes:
+            r = run_case(ours, impl, data, workdir, code, repeats=repeats)
+            per_call[impl, suffix] = r
+            check = compare_loops(r["result"], loop_ref["result"]) if loop_ref else "no reference run"
+            rows.append(prune_row(loop_case, label + suffix, r, {1: loop_ref} if loop_ref else {}, check))
+    for code, suffix in codes:
+        what = "after" if code is None else f"before ({before_label})"
+        loop, batch = per_call["flashscenic-loop", suffix], per_call["flashscenic-batch", suffix]
+        line = f"{shape}, {what}: "
+        if loop_ref:
+            line += (f"ctxcore time per module / prune_single_module time per module: "
+                     f"{number(per_module(loop_ref) / per_module(loop))}x, / prune_batch time per module: "
+                     f"{number(per_module(loop_ref) / per_module(batch))}x (goal: >= 30x); ")
+        line += (f"prune_batch {number(per_module(batch) * 1000)} ms a module vs motif_table "
+                 f"{number(per_module(fast[0, suffix]) * 1000)} ms (goal: prune_batch no slower).")
+        summary.append(line)
+    if before:
+        for impl, label in (("flashscenic-loop", "prune_single_module"), ("flashscenic-batch", "prune_batch")):
+            summary.append(f"{shape}: {label} before / after, time per module: "
+                           f"{number(per_module(per_call[impl, codes[1][1]]) / per_module(per_call[impl, '']))}x.")
     data.unlink()
+    return rows, versions, summary
 
-    n_motifs, n_genes = sizes["feather"]
+
+def read_rows(feather_size: tuple, ref_python: str | None, workdir: Path) -> tuple[list, list]:
+    """Reading a Feather database: pandas vs flashscenic; return the rows and a summary line."""
+    ours = sys.executable
+    n_motifs, n_genes = feather_size
     feather_file = workdir / "database.feather"
     print(f"Feather case: writing {n_motifs} motifs x {n_genes} genes", flush=True)
     write_feather(feather_file, n_motifs, n_genes)
     size_mib = feather_file.stat().st_size / 2**20
     read_case = f"Feather v2, {n_motifs:,} motifs x {n_genes:,} genes int16, uncompressed, {size_mib:,.0f} MiB"
-    read_rows = []
+    rows, summary = [], []
     for python, impl, label in ((ref_python or ours, "read-pandas", "pyarrow.feather.read_feather (pandas DataFrame)"),
                                 (ours, "read-flashscenic", "flashscenic.rankdb.read_ranking_database, cache=False (read + validate)")):
         r = run_case(python, impl, feather_file, workdir)
         over = r["peak_mib"] - r["baseline_mib"]
-        read_rows.append([read_case, label, number(r["seconds"]), f"{r['peak_mib']:,.0f}", f"{over:,.0f}",
-                          f"{over / size_mib:.2f}x"])
+        rows.append([read_case, label, number(r["seconds"]), f"{r['peak_mib']:,.0f}", f"{over:,.0f}",
+                     f"{over / size_mib:.2f}x"])
         if impl == "read-flashscenic":
             summary.append(f"Reading the Feather database: peak memory over the RSS before / file size = "
                            f"{over / size_mib:.2f}x (goal: <= 1.3x).")
-    return rows, read_rows, versions, summary
+    return rows, summary
 
 
 def per_module(report: dict) -> float:
@@ -263,17 +310,23 @@ def number(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
 
 
-def markdown(rows, read_rows, versions, summary, info, command, repeats) -> str:
+def markdown(rows, read_rows, versions, summary, info, command, repeats, before) -> str:
     header = ["case", "implementation", "modules timed", "seconds", "ms / module", "load (s)",
               "speed-up per module", "same results as the reference?", "peak RSS (MiB)", "peak over input (MiB)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    read_header = ["case", "implementation", "seconds", "peak RSS (MiB)", "peak over RSS before (MiB)", "that / file size"]
-    read_lines = ["| " + " | ".join(read_header) + " |", "|" + "---|" * len(read_header)]
-    read_lines += ["| " + " | ".join(row) + " |" for row in read_rows]
-    ours, ref = versions.get("ours", {}), versions.get("reference")
-    refs = (f"pySCENIC {ref['pyscenic']}, ctxcore {ref['ctxcore']} (their own venv: numpy {ref['numpy']}, "
-            f"pandas {ref['pandas']})" if ref else "not run (no --ref-python)")
+    reading = []
+    if read_rows:
+        read_header = ["case", "implementation", "seconds", "peak RSS (MiB)", "peak over RSS before (MiB)",
+                       "that / file size"]
+        reading = ["Reading a ranking database (the file was just written, so it is in the page cache for both; one "
+                   "run each, in a fresh process; peak over the RSS before the read, divided by the file size):", "",
+                   "| " + " | ".join(read_header) + " |", "|" + "---|" * len(read_header),
+                   *["| " + " | ".join(row) + " |" for row in read_rows], ""]
+    ours, ref = versions.get("ours", {}), versions.get("reference") or versions.get("loop_reference")
+    refs = "not run (no --ref-python)" if not ref else (
+        ("" if "pyscenic" not in ref else f"pySCENIC {ref['pyscenic']}, ")
+        + f"ctxcore {ref['ctxcore']} (their own venv: numpy {ref['numpy']}, pandas {ref['pandas']})")
     return "\n".join([
         "## cisTarget pruning",
         "",
@@ -302,16 +355,15 @@ def markdown(rows, read_rows, versions, summary, info, command, repeats) -> str:
         "the database copy-on-write, their peaks are listed but not added. Peak RSS and peak over input as in the "
         "AUCell section. The speed-up is the reference's time per module over ours (ours always runs all modules). "
         "Results are compared on the modules the reference ran: flashscenic's rows must equal pySCENIC's with "
-        "`pyscenic_compat_leading_edge=True` (pySCENIC bug #635); the single-module loop compares with ctxcore's "
-        "leading edges from each motif's own curve.",
+        "`pyscenic_compat_leading_edge=True` (pySCENIC bug #635); the per-module rows (`prune_single_module` "
+        "called once a module, `prune_batch` once for all of them, neither with annotations) compare with ctxcore's "
+        "leading edges from each motif's own curve."
+        + ("" if not before else " Rows marked \"before\" ran the same script with the flashscenic package "
+           f"of {before} first on PYTHONPATH, in the same run."),
         "",
         *lines,
         "",
-        "Reading a ranking database (the file was just written, so it is in the page cache for both; one run "
-        "each, in a fresh process; peak over the RSS before the read, divided by the file size):",
-        "",
-        *read_lines,
-        "",
+        *reading,
         *[line + "\n" for line in summary],
     ])
 
@@ -320,12 +372,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ref-python", help="python of the reference venv (pyscenic 0.12.1, ctxcore 0.2.0); "
                         "references are skipped when absent")
+    parser.add_argument("--shapes", default="full,small", help="comma-separated pruning shapes among full "
+                        "(5,000 motifs x 20,000 genes, 500 modules) and small (1,500 x 12,000, 150 modules); "
+                        "default both")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not a measurement")
+    parser.add_argument("--per-module-only", action="store_true", help="only the per-module rows (ctxcore's loop, "
+                        "prune_single_module, prune_batch, motif_table): no pySCENIC, no Feather reading")
+    parser.add_argument("--before", type=Path, help="a directory holding another flashscenic package (e.g. an "
+                        "exported older commit): flashscenic's rows run with it too, for before/after ratios")
+    parser.add_argument("--before-label", help="how the rows name --before (default: its path)")
     parser.add_argument("--repeats", type=int, default=3, help="flashscenic timings: best of this many")
     parser.add_argument("--reference-modules", type=int, help="time pySCENIC's module2df on a fixed random subset "
-                        "of this many modules (default: 100 of 500; --quick: 12 of 24)")
+                        "of this many modules (default: 100 of 500 at full size, all of the small shape; "
+                        "--quick: 12 of 24)")
     parser.add_argument("--out", type=Path, help="markdown file whose '## cisTarget pruning' section to write or replace")
     args = parser.parse_args()
+
+    shapes = ["quick"] if args.quick else [s.strip() for s in args.shapes.split(",") if s.strip()]
+    unknown = [s for s in shapes if s not in ("full", "small")] if not args.quick else []
+    if unknown or not shapes:
+        parser.error(f"--shapes must list full and/or small, got {args.shapes!r}")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.reference_modules is not None and args.reference_modules < 1:
+        parser.error(f"--reference-modules must be at least 1, got {args.reference_modules}")
+    if args.before is not None and not (args.before / "flashscenic" / "__init__.py").is_file():
+        parser.error(f"--before {str(args.before)!r} holds no flashscenic package (no flashscenic/__init__.py)")
+    before_label = args.before_label or str(args.before)
 
     ref_python = args.ref_python
     if ref_python and not Path(ref_python).exists():
@@ -334,17 +407,27 @@ def main() -> None:
     elif not ref_python:
         print("no --ref-python: skipping pySCENIC and ctxcore")
 
-    sizes = dict(QUICK if args.quick else FULL)
-    if args.reference_modules:
-        sizes["prune"] = (*sizes["prune"][:5], args.reference_modules)
     python = os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..") else sys.executable
     command = shlex.join([python, *sys.argv])
     (HERE / "_work").mkdir(exist_ok=True)
     info = machine()
+    rows, read, versions, summary = [], [], {}, []
     with tempfile.TemporaryDirectory(dir=HERE / "_work") as tmp:
-        rows, read_rows, versions, summary = benchmark(sizes, ref_python, args.repeats, Path(tmp))
+        for shape in shapes:
+            sizes = SHAPES[shape]
+            if args.reference_modules:
+                sizes = (*sizes[:5], args.reference_modules)
+            shape_rows, shape_versions, shape_summary = prune_rows(
+                sizes, ref_python, args.repeats, Path(tmp), args.per_module_only, args.before, before_label)
+            rows += shape_rows
+            summary += shape_summary
+            for key, value in shape_versions.items():
+                versions.setdefault(key, value)
+        if not args.per_module_only:
+            read, read_summary = read_rows(FEATHER["quick" if args.quick else "full"], ref_python, Path(tmp))
+            summary += read_summary
 
-    section = markdown(rows, read_rows, versions, summary, info, command, args.repeats)
+    section = markdown(rows, read, versions, summary, info, command, args.repeats, before_label if args.before else None)
     print("\n" + section)
     if args.out:
         write_section(args.out, section)

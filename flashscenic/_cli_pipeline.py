@@ -302,8 +302,10 @@ def _rss(args: argparse.Namespace) -> int:
 def _add_report(commands, common) -> None:
     parser = commands.add_parser(
         "report", parents=[common], help="an HTML report of a results store",
-        description="Write a self-contained HTML report of a run: RSS heatmap of cell types x top regulons, mean "
-        "AUC per cell type, regulon size and NES distributions, stage timings.",
+        description="Write a self-contained HTML report of a run: the cells embedded by regulon activity (PCA "
+        "of a seeded subsample, coloured by cell type), mean AUC per cell type and the RSS as heatmaps clustered "
+        "by regulon and cell type, each regulon's binarised on-fraction per cell type, regulon sizes, NES, the "
+        "recurrence over GRN runs after a multi-run, and stage timings.",
     )
     parser.add_argument("results", help="the results store of a run (DIR/results.zarr)")
     parser.add_argument("-o", "--output", help="HTML file (default: report.html beside RESULTS)")

@@ -6,6 +6,7 @@ bad byte or a word in a number column is one clear line" hold everywhere alike.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import shutil
@@ -145,3 +146,27 @@ def numeric_columns(frame, columns: Sequence[str], path, what: str, first_line: 
             raise InputError(f"{what} {str(path)!r}, line {first_line + row}, column {column!r}: "
                              f"{values.iloc[row]!r} is not a number")
         frame[column] = numbers.astype(np.float64)
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's freed pages back to the OS (glibc's ``malloc_trim``; elsewhere nothing).
+
+    The coordinator of an atlas run reads millions of cells in blocks; glibc keeps the freed
+    blocks mapped, so the process would carry hundreds of MB of freed memory into the next
+    stage (Dask trims its workers the same way). Measured on 1,000,000 cells: 796 -> 465 MB
+    after the ingest.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None (musl, macOS, Windows)."""
+    import ctypes
+
+    try:
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except (OSError, TypeError):
+        return None

@@ -21,6 +21,10 @@ How this is made fast without changing a number:
 * Only the curves of motifs that are enriched (and annotated) are materialised, for
   their leading edges, computed from each motif's OWN curve (pySCENIC bug #635 fixed;
   ``pyscenic_compat_leading_edge=True`` reproduces the bug for audits).
+* One module at a time (``prune_single_module``, ``CisTargetPruner.prune``): on the CPU,
+  plain single-threaded numpy on the module's gene rows of the gene-major database. Each
+  motif's module ranks are sorted once; only the leading rows of that sorted block that
+  reach below c feed the AUC, and those below rank_threshold the statistics.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_FLOAT64_EXACT = 2.0**53  # every integer up to this is exact in float64
+
 ANNOTATION_COLUMNS = ("#motif_id", "gene_name", "motif_similarity_qvalue", "orthologous_identity", "description")
 
 
@@ -77,80 +83,184 @@ def rank_cutoff(auc_threshold: float, n_genes: int, rank_threshold: int) -> int:
 
 
 # ----------------------------------------------------------------------------- kernels
+#
+# Two routes with the same arithmetic, so the same numbers: numpy on the CPU, torch on a
+# GPU. One module is small work (module genes x motifs int16). On the CPU, torch's per-op
+# dispatch and intra-op threads cost more than they save there, and on a loaded machine
+# every threaded op waits for a busy core (measured 12-40x slower per module on 2 shared
+# cores), so the CPU route stays in single-threaded numpy until it wraps the results.
 
 
-def _sort_rows(values: torch.Tensor, with_order: bool):
-    """Each row sorted ascending (and the permutation when ``with_order``). Ranks within a
-    motif are distinct, so any sort is deterministic; numpy's introsort on a contiguous
-    copy is about 5x faster than torch.sort on the CPU."""
-    if values.device.type != "cpu":
-        return torch.sort(values, dim=1) if with_order else (torch.sort(values, dim=1).values, None)
-    array = np.ascontiguousarray(values.numpy())
-    if not with_order:
-        return torch.from_numpy(np.sort(array, axis=1)), None
-    order = np.argsort(array, axis=1)
-    return torch.from_numpy(np.take_along_axis(array, order, axis=1)), torch.from_numpy(order)
+def _module_block_np(ranks: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """The module's ranks gene-major: module genes x motifs, C order. From a gene-major
+    database (``RankingDatabase.rankings`` is a transposed view) that is a gather of
+    contiguous rows; a motif-major matrix pays one transposing copy."""
+    if ranks.strides[0] < ranks.strides[1]:
+        return ranks.T[index]
+    return np.ascontiguousarray(ranks[:, index].T)
 
 
-def _gather_columns(ranks: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """ranks[:, index]; numpy's fancy indexing is about 8x faster than torch's on the CPU."""
-    if ranks.device.type != "cpu":
-        return ranks[:, index]
-    return torch.from_numpy(ranks.numpy()[:, index.numpy()])
+def _rows_below(sorted_block: np.ndarray, limit: int) -> int:
+    """How many leading rows of a block whose columns are sorted hold a value below
+    ``limit``. Row minima never decrease down such a block, so a binary search finds it
+    reading a handful of rows."""
+    low, high = 0, sorted_block.shape[0]
+    while low < high:
+        middle = (low + high) // 2
+        if sorted_block[middle].min() < limit:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+def _auc_numerators_np(block: np.ndarray, weights: np.ndarray | None, c: int) -> np.ndarray:
+    """sum_g w_g max(0, c - R_mg) for every motif (block: module genes x motifs), float64.
+    Unweighted stays in integers (int16 when the ranks are: c - R cannot overflow)."""
+    if block.dtype != np.int16 or c > np.iinfo(np.int16).max:
+        block = block.astype(np.int32)
+    scores = c - block
+    np.maximum(scores, 0, out=scores)
+    if weights is None:
+        return scores.sum(axis=0, dtype=np.int64).astype(np.float64)
+    return weights @ scores.astype(np.float64)
+
+
+def _nes_np(aucs: np.ndarray) -> np.ndarray:
+    """(AUC - mean) / std over motifs, ddof=0, exactly pySCENIC's numpy expression."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (aucs - aucs.mean()) / aucs.std()
+
+
+def _increments_np(sorted_block: np.ndarray, rank_threshold: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unweighted recovery statistics by rank, from a block whose columns (motifs) are
+    sorted: per rank r < rank_threshold, how many motifs gain a module gene there, and the
+    sum of (2k - 1) over those gains (k: the gene's place in its motif, so the row it sits
+    in), int64. Only the leading rows that hold a counted rank are read."""
+    top = sorted_block[:_rows_below(sorted_block, rank_threshold)]
+    counted = top < rank_threshold
+    at = top[counted]  # row by row, so the weights are runs of one odd number per row
+    n_rows, n_motifs = top.shape
+    odd = np.arange(1, 2 * n_rows, 2, dtype=np.float64)
+    # One pass for both: a gain adds unit + (2k - 1); a rank's (2k - 1) over at most
+    # n_motifs gains stays below unit, a power of two, and every sum is an integer below
+    # 2**53, so float64 holds it exactly and the two parts split apart exactly.
+    unit = 2.0 ** int(n_motifs * 2 * n_rows).bit_length()
+    if (n_motifs + 1) * unit <= _FLOAT64_EXACT:
+        both = np.bincount(at, weights=np.repeat(odd + unit, counted.sum(axis=1)), minlength=rank_threshold)
+        first = np.floor(both / unit)
+        return first.astype(np.int64), (both - first * unit).astype(np.int64)
+    first = np.bincount(at, minlength=rank_threshold)
+    second = np.bincount(at, weights=np.repeat(odd, counted.sum(axis=1)), minlength=rank_threshold)
+    return first, np.rint(second).astype(np.int64)
+
+
+def _unweighted_moments_np(sorted_block: np.ndarray, rank_threshold: int):
+    """Mean and std (ddof=0) over motifs of the unweighted rcc[r], r < rank_threshold.
+
+    The k-th best module gene of a motif raises rcc by 1 and rcc**2 by 2k - 1, all
+    integers, so the variance numerator M*S2 - S1**2 is exact and only the final division
+    and square root round.
+    """
+    n_motifs = sorted_block.shape[1]
+    first, second = _increments_np(sorted_block, rank_threshold)
+    s1, s2 = np.cumsum(first), np.cumsum(second)
+    variance = (n_motifs * s2 - s1 * s1) / (n_motifs * n_motifs)
+    return s1 / n_motifs, np.sqrt(variance)
+
+
+def _recovery_moments_np(block: np.ndarray, weights: np.ndarray | None, rank_threshold: int):
+    """Mean and std (ddof=0) over motifs of rcc[r], r < rank_threshold, float64, for a
+    module (block: module genes x motifs). Weighted: a gene of weight w that brings its
+    motif's cumulative weight to W raises rcc**2 by w (2 W - w), summed motif by motif."""
+    if weights is None:
+        return _unweighted_moments_np(np.sort(block, axis=0), rank_threshold)
+    n_motifs = block.shape[1]
+    module_ranks = block.T
+    order = np.argsort(module_ranks, axis=1)
+    ranks = np.take_along_axis(module_ranks, order, axis=1)
+    counted = ranks < rank_threshold
+    at = ranks[counted]
+    step = weights[order]
+    cumulative = step.cumsum(axis=1)
+    first = np.bincount(at, weights=step[counted], minlength=rank_threshold)
+    second = np.bincount(at, weights=(step * (2 * cumulative - step))[counted], minlength=rank_threshold)
+    mean = first.cumsum() / n_motifs
+    variance = np.maximum(second.cumsum() / n_motifs - mean**2, 0)
+    return mean, np.sqrt(variance)
+
+
+def _recovery_curves_np(module_ranks: np.ndarray, weights: np.ndarray, rank_threshold: int) -> np.ndarray:
+    """rcc[m, r] for the given motifs (rows of module_ranks: motifs x module genes),
+    float64. Ranks within a motif are distinct, so each bin holds one weight and only the
+    cumulative sum rounds."""
+    n_motifs = module_ranks.shape[0]
+    counted = module_ranks < rank_threshold
+    flat = (np.arange(n_motifs)[:, None] * rank_threshold + module_ranks)[counted]
+    curves = np.bincount(flat, weights=np.broadcast_to(weights, module_ranks.shape)[counted],
+                         minlength=n_motifs * rank_threshold)
+    return curves.reshape(n_motifs, rank_threshold).cumsum(axis=1)
+
+
+def _leading_edges_np(module_ranks: np.ndarray, weights: np.ndarray, avg2std: np.ndarray, rank_threshold: int):
+    """Recovery curves, rank_at_max and leading-edge masks (module genes with rank <=
+    rank_at_max) of the given motifs (rows of module_ranks: motifs x module genes)."""
+    curves = _recovery_curves_np(module_ranks, weights, rank_threshold)
+    rank_at_max = np.argmax(curves - avg2std, axis=1)  # the first maximum
+    return curves, rank_at_max, module_ranks <= rank_at_max[:, None]
+
+
+def _prune_np(ranks: np.ndarray, index: np.ndarray, weights: np.ndarray | None, c: int, rank_threshold: int,
+              nes_threshold: float) -> dict:
+    """``prune_single_module`` on the CPU, numpy arrays in and out.
+
+    Unweighted, each motif's module ranks are sorted first: the AUC then reads only the
+    leading rows that reach below c, and the recovery statistics those below
+    rank_threshold. Motifs are enriched in almost every module of a real database, so the
+    sort is rarely wasted.
+    """
+    block = _module_block_np(ranks, index)
+    if weights is None:
+        recovery = np.ones(len(index))
+        ordered = np.sort(block, axis=0)
+        numerators = _auc_numerators_np(ordered[:_rows_below(ordered, c)], None, c)
+        aucs = numerators / ((c + 1) * len(index))
+    else:
+        recovery = weights
+        aucs = _auc_numerators_np(block, weights, c) / ((c + 1) * weights.sum())
+    nes = _nes_np(aucs)
+    enriched = nes >= nes_threshold
+    if not enriched.any():  # no leading edge to find: skip the statistics
+        avg2std = np.zeros(rank_threshold)
+    elif weights is None:
+        mean, std = _unweighted_moments_np(ordered, rank_threshold)
+        avg2std = mean + 2.0 * std
+    else:
+        mean, std = _recovery_moments_np(block, weights, rank_threshold)
+        avg2std = mean + 2.0 * std
+    curves, rank_at_max, members = _leading_edges_np(block[:, enriched].T, recovery, avg2std, rank_threshold)
+    return {"enriched_mask": enriched, "nes": nes, "aucs": aucs, "rccs": curves,
+            "leading_edge_masks": members, "rank_at_max": rank_at_max}
+
+
+# The torch route (a GPU): the same steps on tensors, on any device.
 
 
 def _auc_numerators(module_ranks: torch.Tensor, weights: torch.Tensor | None, c: int) -> torch.Tensor:
-    """sum_g w_g max(0, c - R_mg) for every motif; module_ranks is motifs x module genes.
-    ``weights=None`` (unweighted) stays in integers: exact, and no float64 copy."""
     scores = (c - module_ranks.to(torch.int32)).clamp_(min=0)
     if weights is None:
         return scores.sum(dim=1).to(torch.float64)
     return scores.to(torch.float64) @ weights
 
 
-def _recovery_moments(module_ranks: torch.Tensor, weights: torch.Tensor | None, rank_threshold: int):
-    """Mean and std (ddof=0) over motifs of rcc[r], r < rank_threshold, in float64.
-
-    ``weights=None`` is unweighted recovery: the k-th best module gene of a motif raises
-    rcc by 1 and rcc**2 by 2k - 1, all integers, so the variance numerator M*S2 - S1**2 is
-    exact and only the final division and square root round.
-    """
-    n_motifs, n_genes = module_ranks.shape
-    ranks, order = _sort_rows(module_ranks, with_order=weights is not None)
-    if weights is None:
-        first, second = _unweighted_increments(ranks, rank_threshold)
-        s1, s2 = first.cumsum(0), second.cumsum(0)
-        variance = (n_motifs * s2 - s1 * s1).to(torch.float64) / (n_motifs * n_motifs)
-        return s1.to(torch.float64) / n_motifs, variance.sqrt_()
-    counted = ranks < rank_threshold
-    at = ranks[counted].long()
-    step = weights[order]
-    cumulative = step.cumsum(dim=1)
-    first = torch.bincount(at, weights=step[counted], minlength=rank_threshold)[:rank_threshold]
-    second = torch.bincount(at, weights=(step * (2 * cumulative - step))[counted], minlength=rank_threshold)[:rank_threshold]
-    mean = first.cumsum(0) / n_motifs
-    variance = (second.cumsum(0) / n_motifs - mean**2).clamp_(min=0)
-    return mean, variance.sqrt_()
-
-
 def _unweighted_increments(ranks: torch.Tensor, rank_threshold: int, use_numpy: bool | None = None):
-    """Per rank r < rank_threshold: how many motifs gain a module gene there, and the sum of
-    (2k - 1) over those gains (k: the gene's place in its motif's sorted row), int64.
-
-    Rows are sorted, so the counted ranks are a prefix of each row and k follows from the
-    prefix lengths. numpy does this about 2x faster than torch on the CPU.
-    """
+    """``_increments_np`` for a tensor of sorted rows (int64 tensors); ``use_numpy``
+    defaults to numpy for CPU tensors."""
     if use_numpy is None:
         use_numpy = ranks.device.type == "cpu"
     if use_numpy:
-        array = ranks.numpy()
-        counted = array < rank_threshold
-        lengths = counted.sum(axis=1)
-        at = array[counted]
-        place = np.arange(at.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        first = np.bincount(at, minlength=rank_threshold)
-        second = np.bincount(at, weights=2 * place + 1, minlength=rank_threshold)
-        return torch.from_numpy(first), torch.from_numpy(np.rint(second).astype(np.int64))
+        first, second = _increments_np(ranks.cpu().numpy().T, rank_threshold)
+        return torch.from_numpy(first).to(ranks.device), torch.from_numpy(second).to(ranks.device)
     n_motifs, n_genes = ranks.shape
     counted = ranks < rank_threshold
     at = ranks[counted].long()
@@ -160,8 +270,26 @@ def _unweighted_increments(ranks: torch.Tensor, rank_threshold: int, use_numpy: 
     return first, second.round().to(torch.int64)
 
 
+def _recovery_moments(module_ranks: torch.Tensor, weights: torch.Tensor | None, rank_threshold: int):
+    n_motifs = module_ranks.shape[0]
+    if weights is None:
+        first, second = _unweighted_increments(torch.sort(module_ranks, dim=1).values, rank_threshold)
+        s1, s2 = first.cumsum(0), second.cumsum(0)
+        variance = (n_motifs * s2 - s1 * s1).to(torch.float64) / (n_motifs * n_motifs)
+        return s1.to(torch.float64) / n_motifs, variance.sqrt_()
+    ranks, order = torch.sort(module_ranks, dim=1)
+    counted = ranks < rank_threshold
+    at = ranks[counted].long()
+    step = weights[order]
+    cumulative = step.cumsum(dim=1)
+    first = torch.bincount(at, weights=step[counted], minlength=rank_threshold)
+    second = torch.bincount(at, weights=(step * (2 * cumulative - step))[counted], minlength=rank_threshold)
+    mean = first.cumsum(0) / n_motifs
+    variance = (second.cumsum(0) / n_motifs - mean**2).clamp_(min=0)
+    return mean, variance.sqrt_()
+
+
 def _recovery_curves(module_ranks: torch.Tensor, weights: torch.Tensor, rank_threshold: int) -> torch.Tensor:
-    """rcc[m, r] for the given motifs (rows of module_ranks), float64."""
     n_motifs = module_ranks.shape[0]
     counted = module_ranks < rank_threshold
     rows = torch.arange(n_motifs, device=module_ranks.device)[:, None].expand_as(module_ranks)[counted]
@@ -171,12 +299,31 @@ def _recovery_curves(module_ranks: torch.Tensor, weights: torch.Tensor, rank_thr
     return curves.view(n_motifs, rank_threshold).cumsum_(1)
 
 
-def _leading_edges(module_ranks, weights, avg2std, rank_threshold):
-    """Recovery curves, rank_at_max and leading-edge masks (module genes with rank <=
-    rank_at_max) of the given motifs (rows of module_ranks)."""
+def _leading_edges(module_ranks: torch.Tensor, weights: torch.Tensor, avg2std: torch.Tensor, rank_threshold: int):
     curves = _recovery_curves(module_ranks, weights, rank_threshold)
-    rank_at_max = torch.argmax(curves - avg2std, dim=1)  # first maximum, as numpy
+    rank_at_max = torch.argmax(curves - avg2std, dim=1)  # the first maximum, as numpy
     return curves, rank_at_max, module_ranks <= rank_at_max[:, None]
+
+
+def _prune_torch(ranks: torch.Tensor, index: torch.Tensor, weights: torch.Tensor | None, c: int,
+                 rank_threshold: int, nes_threshold: float) -> dict:
+    """``_prune_np`` on tensors (the GPU route; it runs on CPU tensors too, for tests)."""
+    module_ranks = ranks[:, index]
+    recovery = torch.ones(index.numel(), dtype=torch.float64, device=ranks.device) if weights is None else weights
+    aucs = _auc_numerators(module_ranks, weights, c) / ((c + 1) * recovery.sum())
+    nes = torch.from_numpy(_nes_np(aucs.cpu().numpy())).to(ranks.device)
+    enriched = nes >= nes_threshold
+    if bool(enriched.any()):
+        mean, std = _recovery_moments(module_ranks, weights, rank_threshold)
+        avg2std = mean + 2.0 * std
+    else:  # no leading edge to find: skip the statistics
+        avg2std = torch.zeros(rank_threshold, dtype=torch.float64, device=ranks.device)
+    curves, rank_at_max, members = _leading_edges(module_ranks[enriched], recovery, avg2std, rank_threshold)
+    return {"enriched_mask": enriched, "nes": nes, "aucs": aucs, "rccs": curves,
+            "leading_edge_masks": members, "rank_at_max": rank_at_max}
+
+
+# ----------------------------------------------------------------------------- single-module API
 
 
 def compute_nes(aucs) -> torch.Tensor:
@@ -188,10 +335,7 @@ def compute_nes(aucs) -> torch.Tensor:
     and nothing counts as enriched.
     """
     aucs = torch.as_tensor(aucs, dtype=torch.float64)
-    array = aucs.cpu().numpy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        nes = (array - array.mean()) / array.std()
-    return torch.from_numpy(nes).to(aucs.device)
+    return torch.from_numpy(_nes_np(aucs.cpu().numpy())).to(aucs.device)
 
 
 def compute_recovery_aucs(rankings, module_gene_indices, rank_threshold: int, auc_threshold: float, weights=None):
@@ -202,16 +346,25 @@ def compute_recovery_aucs(rankings, module_gene_indices, rank_threshold: int, au
     """
     ranks, index, w = _module_inputs(rankings, module_gene_indices, weights)
     c = rank_cutoff(auc_threshold, ranks.shape[1], rank_threshold)
-    module_ranks = _gather_columns(ranks, index)
-    curves = _recovery_curves(module_ranks, w, rank_threshold)
-    return curves, _auc_numerators(module_ranks, None if weights is None else w, c) / ((c + 1) * w.sum())
+    if isinstance(ranks, np.ndarray):
+        block = _module_block_np(ranks, index)
+        recovery = np.ones(len(index)) if w is None else w
+        aucs = _auc_numerators_np(block, w, c) / ((c + 1) * recovery.sum())
+        return torch.from_numpy(_recovery_curves_np(block.T, recovery, rank_threshold)), torch.from_numpy(aucs)
+    module_ranks = ranks[:, torch.from_numpy(index).to(ranks.device)]
+    w = None if w is None else torch.from_numpy(w).to(ranks.device)
+    recovery = torch.ones(len(index), dtype=torch.float64, device=ranks.device) if w is None else w
+    aucs = _auc_numerators(module_ranks, w, c) / ((c + 1) * recovery.sum())
+    return _recovery_curves(module_ranks, recovery, rank_threshold), aucs
 
 
 def prune_single_module(rankings, module_gene_indices, rank_threshold: int = 5000, auc_threshold: float = 0.05,
                         nes_threshold: float = 3.0, weights=None) -> dict:
     """Enriched motifs of one module and their leading edges (no annotation filter).
 
-    ``weights`` gives weighted recovery; ``None`` is pySCENIC's default unweighted recovery.
+    ``rankings``: a ``RankingDatabase`` or a motifs x genes integer matrix (numpy, or a
+    torch tensor: a GPU tensor runs on its GPU). ``weights`` gives weighted recovery;
+    ``None`` is pySCENIC's default unweighted recovery.
 
     Returns a dict of tensors: ``enriched_mask`` (motifs), ``nes``, ``aucs`` (motifs),
     ``rccs`` (enriched motifs x rank_threshold: only those are built),
@@ -219,38 +372,48 @@ def prune_single_module(rankings, module_gene_indices, rank_threshold: int = 500
     """
     ranks, index, w = _module_inputs(rankings, module_gene_indices, weights)
     c = rank_cutoff(auc_threshold, ranks.shape[1], rank_threshold)
-    module_ranks = _gather_columns(ranks, index)
-    aucs = _auc_numerators(module_ranks, None if weights is None else w, c) / ((c + 1) * w.sum())
-    nes = compute_nes(aucs)
-    enriched = nes >= nes_threshold
-    if enriched.any():
-        mean, std = _recovery_moments(module_ranks, None if weights is None else w, rank_threshold)
-        avg2std = mean + 2.0 * std
-    else:  # no leading edge to find: skip the statistics
-        avg2std = torch.zeros(rank_threshold, dtype=torch.float64, device=ranks.device)
-    curves, rank_at_max, members = _leading_edges(module_ranks[enriched], w, avg2std, rank_threshold)
-    return {"enriched_mask": enriched, "nes": nes, "aucs": aucs, "rccs": curves,
-            "leading_edge_masks": members, "rank_at_max": rank_at_max}
+    if isinstance(ranks, np.ndarray):
+        result = _prune_np(ranks, index, w, c, rank_threshold, nes_threshold)
+        return {key: torch.from_numpy(value) for key, value in result.items()}
+    return _prune_torch(ranks, torch.from_numpy(index).to(ranks.device),
+                        None if w is None else torch.from_numpy(w).to(ranks.device), c, rank_threshold, nes_threshold)
 
 
 def _module_inputs(rankings, module_gene_indices, weights):
-    """Tensors for the single-module functions: ranks (motifs x genes), gene index, weights."""
-    ranks = torch.as_tensor(rankings) if not isinstance(rankings, RankingDatabase) else torch.from_numpy(rankings.rankings)
-    if ranks.ndim != 2 or ranks.dtype.is_floating_point:
-        raise InputError(f"rankings must be an integer motifs x genes matrix, got {tuple(ranks.shape)} {ranks.dtype}")
-    index = torch.as_tensor(np.asarray(module_gene_indices), dtype=torch.long, device=ranks.device).reshape(-1)
-    if index.numel() == 0:
-        raise InputError("the module has no genes")
-    if index.min() < 0 or index.max() >= ranks.shape[1]:
-        raise InputError(f"module gene indices must lie in 0..{ranks.shape[1] - 1}")
-    if weights is None:
-        w = torch.ones(index.numel(), dtype=torch.float64, device=ranks.device)
+    """Checked inputs of the single-module functions: the motifs x genes ranks (numpy, or
+    the tensor itself when it lives on a GPU), the module's gene index (int64) and its
+    weights (float64, None when unweighted)."""
+    if isinstance(rankings, RankingDatabase):
+        ranks = rankings.rankings
+    elif isinstance(rankings, torch.Tensor):
+        ranks = rankings.detach() if rankings.device.type != "cpu" else rankings.detach().numpy()
     else:
-        w = torch.as_tensor(np.asarray(weights, dtype=np.float64), device=ranks.device).reshape(-1)
-        if w.shape != index.shape:
-            raise InputError(f"{w.numel()} weights for {index.numel()} module genes")
-        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or float(w.sum()) <= 0:
-            raise InputError("module weights must be finite, non-negative and not all zero")
+        ranks = np.asarray(rankings)
+    if isinstance(ranks, torch.Tensor):
+        integer = not (ranks.dtype.is_floating_point or ranks.dtype.is_complex or ranks.dtype == torch.bool)
+    else:
+        integer = ranks.dtype.kind in "iu"
+    if ranks.ndim != 2 or not integer:
+        raise InputError(f"rankings must be an integer motifs x genes matrix, got {tuple(ranks.shape)} {ranks.dtype}")
+    n_genes = ranks.shape[1]
+    index = module_gene_indices.detach().cpu().numpy() if isinstance(module_gene_indices, torch.Tensor) \
+        else np.asarray(module_gene_indices)
+    index = index.reshape(-1)
+    if index.size == 0:
+        raise InputError("the module has no genes")
+    if index.dtype.kind not in "iu":
+        raise InputError(f"module gene indices must be integers, got dtype {index.dtype}")
+    index = index.astype(np.int64, copy=False)
+    if index.min() < 0 or index.max() >= n_genes:
+        raise InputError(f"module gene indices must lie in 0..{n_genes - 1}")
+    if weights is None:
+        return ranks, index, None
+    w = weights.detach().cpu().numpy() if isinstance(weights, torch.Tensor) else weights
+    w = np.asarray(w, dtype=np.float64).reshape(-1)
+    if w.shape != index.shape:
+        raise InputError(f"{w.size} weights for {index.size} module genes")
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise InputError("module weights must be finite, non-negative and not all zero")
     return ranks, index, w
 
 
@@ -335,8 +498,16 @@ class MotifAnnotation:
     def has_annotation(self, motif_id: str, tf_name: str | None = None) -> bool:
         """Is the motif annotated (to ``tf_name``, or to any TF when None)?"""
         if tf_name is None:
-            return motif_id in self.table.index.get_level_values("MotifID")
+            return motif_id in self._annotated_motifs()
         return (tf_name, motif_id) in self.table.index
+
+    def _annotated_motifs(self) -> frozenset:
+        """Every motif with an annotation, built once: a per-motif lookup must not scan the table."""
+        motifs = self.__dict__.get("_motifs")
+        if motifs is None:
+            motifs = frozenset(self.table.index.get_level_values("MotifID"))
+            self.__dict__["_motifs"] = motifs
+        return motifs
 
     def get_annotation(self, motif_id: str, tf_name: str | None = None) -> dict | None:
         """The annotation row of (tf_name, motif_id) as a dict, or None if there is none.
@@ -430,9 +601,22 @@ class _DatabaseKernel:
         totals = torch.tensor([float(np.sum(w)) for w in weights], dtype=torch.float64, device=self.device)
         return numerators / ((self.c + 1) * totals[:, None])
 
-    def module_ranks(self, index: np.ndarray) -> torch.Tensor:
-        """Motifs x module genes ranks (a transposed view of the gathered gene rows)."""
-        return self.ranks_by_gene[torch.from_numpy(index).to(self.device)].T
+    def leading_edges(self, index: np.ndarray, recovery: np.ndarray, weighted: bool, motifs: np.ndarray):
+        """For the given motifs of one module (database gene ``index``, recovery weights):
+        their ranks of the module genes, rank_at_max and leading-edge masks, as numpy.
+        The statistics cover every motif; the curves only those asked for."""
+        if self.device.type == "cpu":  # numpy straight from the database: no torch per module
+            block = self.database.ranks_by_gene[index]
+            mean, std = _recovery_moments_np(block, recovery if weighted else None, self.rank_threshold)
+            rows = block[:, motifs].T
+            _, rank_at_max, members = _leading_edges_np(rows, recovery, mean + 2.0 * std, self.rank_threshold)
+            return rows, rank_at_max, members
+        module_ranks = self.ranks_by_gene[torch.from_numpy(index).to(self.device)].T
+        recovery_t = torch.from_numpy(recovery).to(self.device)
+        mean, std = _recovery_moments(module_ranks, recovery_t if weighted else None, self.rank_threshold)
+        rows = module_ranks[torch.from_numpy(motifs).to(self.device)]
+        _, rank_at_max, members = _leading_edges(rows, recovery_t, mean + 2.0 * std, self.rank_threshold)
+        return rows.cpu().numpy(), rank_at_max.cpu().numpy(), members.cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- pruner
@@ -558,9 +742,8 @@ class CisTargetPruner:
         """Prune one module given as database gene indices (single database); ``weights``
         given means weighted recovery, as in ``prune_single_module``."""
         kernel = self._single
-        result = prune_single_module(
-            torch.from_numpy(kernel.database.rankings), np.asarray(module_gene_indices).reshape(-1),
-            self.rank_threshold, self.auc_threshold, self.nes_threshold, weights)
+        result = prune_single_module(kernel.database, module_gene_indices, self.rank_threshold, self.auc_threshold,
+                                     self.nes_threshold, weights)
         if self.motif_annotations is not None and self.filter_for_annotation:
             result = filter_by_annotations(result, kernel.database.motif_names, self.motif_annotations, True, tf_name)
         return result
@@ -689,13 +872,8 @@ class CisTargetPruner:
             keep = np.ones(enriched.size, dtype=bool)
         if not keep.any():
             return []
-        module_ranks = kernel.module_ranks(index)
-        recovery_t = torch.from_numpy(recovery).to(self.device)
-        mean, std = _recovery_moments(module_ranks, recovery_t if self.weighted_recovery else None, kernel.rank_threshold)
         positions, curve_motifs = self._curve_motifs(enriched, keep, annotations)
-        curve_ranks = module_ranks[torch.from_numpy(curve_motifs).to(self.device)]
-        _, rank_at_max, members = _leading_edges(curve_ranks, recovery_t, mean + 2.0 * std, kernel.rank_threshold)
-        curve_ranks, members = curve_ranks.cpu().numpy(), members.cpu().numpy()
+        curve_ranks, rank_at_max, members = kernel.leading_edges(index, recovery, self.weighted_recovery, curve_motifs)
         gene_names = database.gene_names[index]
         rows = []
         full_context = frozenset((*context, database.name))

@@ -52,10 +52,10 @@ def run_demo(out: str | os.PathLike = "demo_out", *, n_cells: int = 5000, n_gene
     params = params.replace(tf_list_path=str(paths["tf_list"]), ranking_db_paths=(str(paths["ranking_db"]),),
                             motif_annotation_path=str(paths["motif_annotation"]))
     executor = start_executor(n_workers=n_workers, dashboard_address=dashboard_address, verbose=verbose)
-    executor_name = executor.name
-    try:
+    try:  # the cluster starts while the run ingests and trains
         results = run_pipeline(adata, out, params=params, executor=executor, cell_type_column="cell_type",
                                overwrite=True)
+        executor_name = executor.name
     finally:
         executor.close()
     regulons = results.read_regulons()

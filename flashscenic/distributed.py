@@ -34,6 +34,7 @@ What the executor guarantees:
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
 import logging
 import math
@@ -134,6 +135,9 @@ def start_executor(
     Returns
     -------
     DaskExecutor or executors.InProcessExecutor
+        An embedded cluster is returned at once and starts in the background (the run
+        ingests and trains meanwhile); a start that fails is logged when it fails and
+        raised at the executor's next use (``check_start``, each stage of a run).
     """
     from .executors import InProcessExecutor
 
@@ -162,36 +166,96 @@ def start_executor(
         if external:
             raise InputError("n_workers=0 runs in this process; it cannot be combined with a scheduler")
         return InProcessExecutor()
+    _check_memory_limit(memory_limit)  # here: the embedded cluster starts in the background
 
     from distributed import Client
 
     if external:
         client = _connect(Client, scheduler, scheduler_file, security)
-        cluster = None
         try:
             _wait_for_workers(client, n_workers or 1, wait_for_workers)
         except BaseException:
             client.close()
             raise
-    else:
-        cluster = _embedded_cluster(n_workers, threads_per_worker, dashboard_address, memory_limit, security,
-                                    local_directory)
+        try:
+            executor = DaskExecutor(client, None, retries=retries, verbose=verbose)
+        except BaseException:
+            client.close()
+            raise
+        _log_started(client, None, dashboard=True)
+        return executor
+    cuda = use_cuda_cluster()
+
+    def start():  # in a thread: the workers spawn while this process reads the input and trains the GRN
+        try:
+            cluster = _embedded_cluster(n_workers, threads_per_worker, dashboard_address, memory_limit, security,
+                                        local_directory, cuda)
+        except BaseException as error:
+            logger.error("the embedded Dask cluster did not start: %s", error)  # now, not at its first use
+            raise
         try:
             client = Client(cluster, security=security) if security is not None else Client(cluster)
-        except BaseException:
+            _log_started(client, cluster, dashboard=dashboard_address is not None)
+        except BaseException as error:
+            logger.error("the embedded Dask cluster did not start: %s", error)
             cluster.close()
             raise
-    try:
-        executor = DaskExecutor(client, cluster, retries=retries, verbose=verbose)
-    except BaseException:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-        raise
-    logger.info("Dask: %s", executor.name)
-    if executor.dashboard_link and (external or dashboard_address is not None):
-        logger.info("Dask dashboard: %s", executor.dashboard_link)
+        return client, cluster
+
+    # The nannies put these into this process's environment when they spawn their workers;
+    # set them here first, from this thread, so the start thread never adds variables to the
+    # environment while this one works.
+    os.environ.update({str(k): str(v) for k, v in worker_environment().items()})
+    starting = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="flashscenic-dask-start")
+    executor = DaskExecutor(starting.submit(start), retries=retries, verbose=verbose, local_cpus=not cuda)
+    starting.shutdown(wait=False)
     return executor
+
+
+def _close_started(starting: concurrent.futures.Future) -> None:
+    """Close the client and cluster a background start made (nothing if it failed)."""
+    if starting.cancelled() or starting.exception() is not None:
+        return
+    client, cluster = starting.result()
+    client.close()
+    cluster.close()
+
+
+def _check_memory_limit(memory_limit) -> None:
+    from distributed.worker_memory import parse_memory_limit
+
+    try:
+        if isinstance(memory_limit, bool) or isinstance(memory_limit, (int, float)) and memory_limit < 0:
+            raise TypeError
+        parse_memory_limit(memory_limit, 1, 1, logger=logger)
+    except (ValueError, TypeError):
+        raise InputError(f"memory_limit must be 'auto', None, a number of bytes or a size such as '4GiB', "
+                         f"got {memory_limit!r}") from None
+
+
+def _log_started(client, cluster, *, dashboard: bool) -> None:
+    try:
+        logger.info("Dask: %s", _describe(client, cluster))
+    except Exception as error:  # a description is not worth failing the start for
+        logger.info("Dask: started (%s)", error)
+    link = _dashboard_link(client)
+    if dashboard and link:
+        logger.info("Dask dashboard: %s", link)
+
+
+def _describe(client, cluster) -> str:
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    threads = sum(int(w.get("nthreads", 1)) for w in workers.values())
+    kind = type(cluster).__name__ if cluster is not None else "scheduler"
+    gpu = ", GPU workers" if any((w.get("resources") or {}).get("GPU") for w in workers.values()) else ""
+    return f"{kind} at {client.scheduler.address}: {len(workers)} workers, {threads} threads{gpu}"
+
+
+def _dashboard_link(client) -> str | None:
+    try:
+        return client.dashboard_link
+    except Exception:  # no dashboard
+        return None
 
 
 def default_cpu_workers(threads_per_worker: int = 1, min_memory: int = 2 * 2**30) -> int:
@@ -209,7 +273,8 @@ def default_cpu_workers(threads_per_worker: int = 1, min_memory: int = 2 * 2**30
     return max(1, min(cores // max(1, threads_per_worker), by_memory))
 
 
-def _embedded_cluster(n_workers, threads_per_worker, dashboard_address, memory_limit, security, local_directory):
+def _embedded_cluster(n_workers, threads_per_worker, dashboard_address, memory_limit, security, local_directory,
+                      cuda: bool):
     dashboard = _local_dashboard(dashboard_address)
     options: dict[str, Any] = dict(n_workers=n_workers, threads_per_worker=threads_per_worker, host=_LOCALHOST,
                                    dashboard_address=dashboard, memory_limit=memory_limit, silence_logs=logging.ERROR)
@@ -218,7 +283,7 @@ def _embedded_cluster(n_workers, threads_per_worker, dashboard_address, memory_l
     if local_directory is not None:
         options["local_directory"] = str(local_directory)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environment()}):
-        if use_cuda_cluster():
+        if cuda:
             from dask_cuda import LocalCUDACluster  # only here: GPUs are present and dask-cuda is installed
 
             return LocalCUDACluster(resources={"GPU": 1}, **options)
@@ -406,7 +471,9 @@ class DaskExecutor:
     Parameters
     ----------
     client
-        A connected ``distributed.Client``.
+        A connected ``distributed.Client``, or a ``concurrent.futures.Future`` of
+        ``(client, cluster)`` for a cluster still starting (``start_executor``'s embedded
+        cluster): everything that needs the cluster waits for it.
     cluster
         The cluster object when this executor started it (closed with the executor).
     owns_client
@@ -419,18 +486,58 @@ class DaskExecutor:
         reached from here).
     verbose
         Progress bars.
+    local_cpus
+        The workers are CPU processes of this machine that this executor started (the
+        embedded ``LocalCluster``): they share this process's cores and memory, so a lone
+        task that would use every core anyway may as well run here (see ``run_pipeline``).
     """
 
     remote = True
 
     def __init__(self, client, cluster=None, *, owns_client: bool = True, retries: int = 2, direct: bool = True,
-                 verbose: bool = True):
-        self.client, self.cluster, self.owns_client = client, cluster, owns_client
+                 verbose: bool = True, local_cpus: bool = False):
+        self._starting = client if isinstance(client, concurrent.futures.Future) else None
+        self._client, self._cluster = (None, None) if self._starting is not None else (client, cluster)
+        self.owns_client, self.local_cpus = owns_client, bool(local_cpus)
         self.retries, self.direct, self.verbose = int(retries), bool(direct), verbose
         self._shared: dict[str, list] = {}  # key of a scattered future -> [its value, live futures]
-        self._set_torch_threads()
+        if self._starting is None:
+            self._set_torch_threads()
 
     # --- the cluster ------------------------------------------------------------------
+
+    def _started(self) -> None:
+        """Wait for a starting cluster; a failed start raises its error at every use."""
+        if self._starting is None:
+            return
+        client, cluster = self._starting.result()  # an interrupt here leaves the start to close()
+        try:
+            self._client, self._cluster = client, cluster
+            self._set_torch_threads()
+        except BaseException:
+            self._client = self._cluster = None
+            client.close()
+            cluster.close()
+            raise
+        self._starting = None
+
+    def check_start(self) -> None:
+        """Raise now if the cluster's start has already failed (the run stops at the next
+        stage, not at the first task, which may be hours of GRN later)."""
+        if self._starting is not None and self._starting.done() and self._starting.exception() is not None:
+            self._started()
+
+    @property
+    def client(self):
+        """The ``distributed.Client`` (waits for a starting cluster)."""
+        self._started()
+        return self._client
+
+    @property
+    def cluster(self):
+        """The cluster this executor started, or None (waits for a starting cluster)."""
+        self._started()
+        return self._cluster
 
     def _workers(self) -> dict:
         return self.client.scheduler_info(n_workers=-1)["workers"]
@@ -457,27 +564,21 @@ class DaskExecutor:
 
     @property
     def dashboard_link(self) -> str | None:
-        try:
-            return self.client.dashboard_link
-        except Exception:  # no dashboard
-            return None
+        return _dashboard_link(self.client)
 
     @property
     def name(self) -> str:
-        workers = self._workers()
-        threads = sum(int(w.get("nthreads", 1)) for w in workers.values())
-        kind = type(self.cluster).__name__ if self.cluster is not None else "scheduler"
-        gpu = ", GPU workers" if self.has_gpu else ""
-        return f"{kind} at {self.client.scheduler.address}: {len(workers)} workers, {threads} threads{gpu}"
+        return _describe(self.client, self.cluster)
 
     def _set_torch_threads(self) -> None:
         from distributed.comm import get_address_host
 
+        client = self._client  # not self.client: this runs while a starting cluster is being taken up
         by_host: dict[str, int] = {}
-        for address, info in self._workers().items():
+        for address, info in client.scheduler_info(n_workers=-1)["workers"].items():
             host = get_address_host(address)
             by_host[host] = by_host.get(host, 0) + int(info.get("nthreads", 1))
-        self.client.register_plugin(_TorchThreads(by_host), name=_TorchThreads.name)
+        client.register_plugin(_TorchThreads(by_host), name=_TorchThreads.name)
 
     def plan_chunk_cells(self, n_cells: int, n_genes: int, store_chunk_rows: int) -> int:
         """Cells per AUC chunk for this cluster's workers (see ``plan_chunk_cells``)."""
@@ -580,17 +681,28 @@ class DaskExecutor:
             raise
 
     def stage(self, name: str):
-        """A ``distributed.span``: the dashboard groups this stage's tasks under ``name``."""
+        """A ``distributed.span``: the dashboard groups this stage's tasks under ``name``. A
+        cluster whose start has failed raises here, at the stage's beginning."""
         from distributed import span
+
+        self.check_start()
 
         return span(name)
 
     def close(self) -> None:
         """Disconnect and stop the cluster when this executor started them; a given client stays open."""
+        if self._starting is not None:
+            starting, self._starting = self._starting, None
+            # Whenever the start ends (now, or after an interrupt of this wait), what it started is closed.
+            starting.add_done_callback(_close_started)
+            concurrent.futures.wait([starting])
+            return
+        if self._client is None:
+            return
         if self.owns_client:
-            self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
+            self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
 
     def __enter__(self):
         return self

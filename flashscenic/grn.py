@@ -97,9 +97,13 @@ def infer_grn(expression, gene_names, tf_names, *, n_steps: int = 1000, sparsity
         raise InputError(f"sparsity_threshold must be a finite number, got {sparsity_threshold!r}")
 
     rng = np.random.default_rng(seed)
-    rows = np.arange(n_cells) if max_cells is None or max_cells >= n_cells else np.sort(rng.choice(n_cells, max_cells, replace=False))
-    sample = expression[rows]
-    sample = sample.tocsr().astype(np.float32) if sp.issparse(sample) else np.asarray(sample, dtype=np.float32)
+    # Copies only where needed: the sample of an atlas is the largest thing the GRN holds.
+    sample = expression
+    if max_cells is not None and max_cells < n_cells:
+        sample = expression[np.sort(rng.choice(n_cells, max_cells, replace=False))]
+    # C order whatever the input's: RegDiffusion's reductions then add in one order (the same bits).
+    sample = (sample.tocsr().astype(np.float32, copy=False) if sp.issparse(sample)
+              else np.ascontiguousarray(sample, dtype=np.float32))
     if sample.shape[0] < 2:
         raise InputError("GRN inference needs at least 2 cells")
     values = sample.data if sp.issparse(sample) else sample
@@ -114,7 +118,7 @@ def infer_grn(expression, gene_names, tf_names, *, n_steps: int = 1000, sparsity
     dropped = n_genes - int(varying.sum())
     if dropped:
         logger.info("%d constant gene(s) left out of GRN inference (no links)", dropped)
-    train = sample[:, np.flatnonzero(varying)]
+    train = sample[:, np.flatnonzero(varying)] if dropped else sample
 
     dev = resolve_device(device)
     use_me = memory_efficient if memory_efficient is not None else int(varying.sum()) > MEMORY_EFFICIENT_ABOVE
@@ -155,9 +159,19 @@ def weights_to_adjacencies(weights: np.ndarray, tf_names, gene_names) -> pd.Data
 
 
 def _varying_genes(sample) -> np.ndarray:
-    if sp.issparse(sample):
-        low = sample.min(axis=0).toarray().ravel()
-        high = sample.max(axis=0).toarray().ravel()
+    if sp.issparse(sample):  # from the stored values: no column-major copy of the matrix
+        sample = sample.tocsr()
+        if not sample.has_canonical_format:  # a value stored twice is their sum
+            sample = sample.copy()
+            sample.sum_duplicates()
+        n_genes = sample.shape[1]
+        high = np.full(n_genes, -np.inf, dtype=np.float64)
+        low = np.full(n_genes, np.inf, dtype=np.float64)
+        np.maximum.at(high, sample.indices, sample.data)
+        np.minimum.at(low, sample.indices, sample.data)
+        implicit_zero = np.bincount(sample.indices, minlength=n_genes) < sample.shape[0]
+        high = np.where(implicit_zero, np.maximum(high, 0.0), high)
+        low = np.where(implicit_zero, np.minimum(low, 0.0), low)
     else:
         low, high = sample.min(axis=0), sample.max(axis=0)
     return high > low

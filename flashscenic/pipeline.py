@@ -25,6 +25,7 @@ import contextlib
 import functools
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _runfolder
-from ._utils import is_anndata
+from ._utils import is_anndata, release_freed_memory
 from .errors import InputError, MissingFileError, ResumeMismatchError, RunExistsError
 from .executors import InProcessExecutor
 from .params import STORE_PIPELINE_ONLY, Params
@@ -387,7 +388,7 @@ def run_pipeline(
         Where tasks run: an executor (``flashscenic.distributed.start_executor(...)``; left
         open, the caller closes what it started), or a function that starts one (e.g.
         ``functools.partial(start_executor, n_workers=4)``: started once every check has
-        passed, closed at the end); default: in this process.
+        passed, closed in the background once the stages are done); default: in this process.
     chunk_cells
         Cells per AUCell task (default: the store's chunks in process, from worker memory
         on a cluster); a resumed run keeps its first chunks.
@@ -444,14 +445,23 @@ def run_pipeline(
         else:
             work, params, previous = folder.start_afresh(), params.with_seed(), None
         fingerprint["params"] = _result_params(params)
-        executor = cleanup.enter_context(_closing(start_executor())) if start_executor else executor
-        executor = executor or InProcessExecutor()
+        started = cleanup.enter_context(_Started(start_executor())) if start_executor else None
+        executor = started.executor if started else executor or InProcessExecutor()
+        ingest_start = time.perf_counter()
         store = source.expression_store(work, params.verbose)
-        results = _results_store(work, store, previous, executor, chunk_cells,
+        ingest_seconds = time.perf_counter() - ingest_start
+        release_freed_memory()  # what the ingest freed, before the next stages take their share
+        results = _results_store(work, store, previous, chunk_cells,
                                  {"params": params.as_dict(), "resources": resources.as_parameters(),
                                   "input": source.description, "fingerprint": fingerprint,
                                   "run_id": uuid.uuid4().hex})
-        _stages(results, store, tf_names, params, resources, adjacency_table, executor, n_prune_shards)
+        if source.store is None and "ingest" not in results.timings:  # a file or AnnData was ingested
+            results.record_timing("ingest", ingest_seconds)
+        release_freed_memory()
+        _stages(results, store, tf_names, params, resources, adjacency_table, executor, n_prune_shards,
+                chunk_cells)
+        if started:
+            started.close_soon()
         _rss(results, source.cell_type_column)
         if work == folder.partial:
             folder.publish()
@@ -459,7 +469,9 @@ def run_pipeline(
         if report and not (folder.path / _runfolder.REPORT).exists():  # after the swap: it names the final paths
             from .report import write_report
 
+            report_start = time.perf_counter()
             write_report(results, folder.path / _runfolder.REPORT)
+            results.record_timing("report", time.perf_counter() - report_start)
     return results
 
 
@@ -479,12 +491,33 @@ def _executor_starter(executor):
                      f"starts one, or a distributed.Client; got {executor!r}")
 
 
-@contextlib.contextmanager
-def _closing(executor):
-    try:
-        yield executor
-    finally:
-        executor.close()
+class _Started:
+    """The executor this run started: closed in the background once the stages are done (RSS
+    and the report, which need no worker, go on meanwhile), and in any case before the run
+    returns or fails."""
+
+    def __init__(self, executor):
+        self.executor, self._closing = executor, None
+
+    def close_soon(self) -> None:
+        if self._closing is None:
+            self._closing = threading.Thread(target=self._close, name="flashscenic-dask-close", daemon=True)
+            self._closing.start()
+
+    def _close(self) -> None:
+        try:
+            self.executor.close()
+        except Exception as error:  # the run's results are written; a cluster that closes badly is a warning
+            logger.warning("closing the Dask cluster: %s", error)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._closing is None:
+            self.executor.close()
+        else:
+            self._closing.join()
 
 
 def _open_results(path):
@@ -637,18 +670,13 @@ class _Input:
                                  verbose=verbose)
 
 
-def _results_store(work: Path, store, previous: dict | None, executor, chunk_cells, recorded: dict):
+def _results_store(work: Path, store, previous: dict | None, chunk_cells, recorded: dict):
     from .store import create_results_store
 
     path = work / _runfolder.RESULTS
     if previous is not None:
         results = _open_results(path)
-        if chunk_cells is not None and chunk_cells != results.chunk_rows:
-            logger.info("resuming with the AUC chunks of the first run (%d cells), not %d", results.chunk_rows,
-                        chunk_cells)
         return results
-    if chunk_cells is None and hasattr(executor, "plan_chunk_cells"):
-        chunk_cells = executor.plan_chunk_cells(store.n_cells, store.n_genes, store.chunk_rows)
     results = create_results_store(path, expression=store, chunk_rows=chunk_cells, parameters=recorded)
     labels = store.obs().drop(columns=["cell"], errors="ignore")
     if len(labels.columns):
@@ -657,8 +685,14 @@ def _results_store(work: Path, store, previous: dict | None, executor, chunk_cel
 
 
 def _stages(results, store, tf_names, params: Params, resources: Resources, adjacencies, executor,
-            n_prune_shards) -> None:
-    """GRN, modules, pruning, AUCell: each skipped when complete, marked complete after its data is written."""
+            n_prune_shards, chunk_cells=None) -> None:
+    """GRN, modules, pruning, AUCell: each skipped when complete, marked complete after its data is written.
+
+    A lone GRN task runs in this process when the workers are CPU processes of this
+    machine (``local_cpus``): in a worker it would use every core just the same, with the
+    other workers idle, and here the cluster finishes starting while it trains (the
+    per-stage timings in ``BENCHMARKS.md``, "Whole run", show what that saves).
+    """
     from .grn import weights_to_adjacencies
 
     gene_names = [str(g) for g in store.gene_names]
@@ -675,14 +709,16 @@ def _stages(results, store, tf_names, params: Params, resources: Resources, adja
             if adjacencies is not None:
                 weights, tf_rows = infer_weights(None, gene_names, tf_names, params, adjacencies=adjacencies)
             elif params.grn_runs == 1:
-                [(weights, tf_rows)] = executor.map(grn_task, [(expression, tf_names, params, run_id)],
-                                                    description="GRN", gpu=True, verbose=False)
+                runner = InProcessExecutor() if getattr(executor, "local_cpus", False) else executor
+                [(weights, tf_rows)] = runner.map(grn_task, [(expression, tf_names, params, run_id)],
+                                                  description="GRN", gpu=True, verbose=False)
             else:
                 weights, tf_rows, info = _grn_runs(results, expression, gene_names, tf_names, params, run_id,
                                                    executor)
             results.write_tf_gene_weights(weights, tf_rows, gene_names)
             results.write_adjacencies(weights_to_adjacencies(weights, tf_rows, gene_names))
         _mark(results, timer, "grn", n_tfs=len(tf_rows), **info)
+        release_freed_memory()
 
     if results.is_complete("pruning"):
         regulons = results.read_regulons()
@@ -703,7 +739,13 @@ def _stages(results, store, tf_names, params: Params, resources: Resources, adja
     if not results.is_complete("auc"):
         with timer("auc"), executor.stage("aucell"):
             names, adjacency = regulon_matrix(regulons, gene_names)
-            results.init_auc(names)
+            if results.has_auc(names):
+                if chunk_cells is not None and chunk_cells != results.chunk_rows:
+                    logger.info("resuming with the AUC chunks of the first run (%d cells), not %d",
+                                results.chunk_rows, chunk_cells)
+            elif chunk_cells is None and hasattr(executor, "plan_chunk_cells"):
+                chunk_cells = executor.plan_chunk_cells(store.n_cells, store.n_genes, store.chunk_rows)
+            results.init_auc(names, chunk_rows=chunk_cells)
             missing = results.missing_auc_chunks()
             n_chunks = len(results.auc_chunk_ranges())
             timer.log("AUCell: %d of %d chunks to score (%d cells each)", len(missing), n_chunks, results.chunk_rows)
@@ -766,7 +808,7 @@ def _mark(results, timer: _Timer, stage: str, **info) -> None:
 
 def _rss(results, cell_type_column: str | None) -> None:
     """RSS per cell type, computed once and stored with the label column it used."""
-    from .rss import default_label_column, rss_by_label
+    from .rss import default_label_column, rss_of_store
 
     cells = results.read_cells()
     column = cell_type_column or default_label_column(cells)
@@ -774,7 +816,7 @@ def _rss(results, cell_type_column: str | None) -> None:
         return
     start = time.perf_counter()
     labels = cells.set_index("cell")[column]
-    rss = rss_by_label(results.read_auc(as_frame=True), labels)
+    rss = rss_of_store(results, labels)
     results.write_table("rss", rss.rename_axis("cell_type").reset_index())
     results.record_timing("rss", time.perf_counter() - start)
     results.mark_complete("rss", cell_type_column=column)

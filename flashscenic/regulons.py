@@ -25,6 +25,12 @@ The cisTarget step produces a *motif table*: one row per enriched, TF-annotated 
 the union of the target genes of all its rows with each gene's maximum weight, scored by
 the best row. ``regulons_to_adjacency`` turns regulons into the regulons x genes matrix
 that ``get_aucell`` scores.
+
+Regulons also travel as decoupler networks (``source``, ``target``, ``weight``: what
+``dc.mt.aucell(adata, net)`` takes and ``dc.op.collectri()`` returns):
+``regulons_to_network`` and ``network_to_regulons`` convert both ways, and
+``network_to_adjacency`` gives what AUCell scores for any network, with pySCENIC's rules
+for targets absent from the expression matrix.
 """
 
 from __future__ import annotations
@@ -52,6 +58,10 @@ __all__ = [
     "read_motifs_csv",
     "regulons_from_motifs",
     "regulons_to_adjacency",
+    "network_to_regulons",
+    "regulons_to_network",
+    "network_to_adjacency",
+    "network_for_aucell",
 ]
 
 logger = logging.getLogger(__name__)
@@ -565,3 +575,180 @@ def regulons_to_adjacency(regulons: Sequence[dict], gene_names: Sequence[str], *
             touched[:5],
         )
     return matrix
+
+
+# --- decoupler networks ------------------------------------------------------------------
+
+
+def network_to_regulons(network: pd.DataFrame) -> list[dict]:
+    """Regulons from a decoupler network (``source``, ``target`` and optionally ``weight``).
+
+    A network is what decoupler's ``dc.op.collectri()``, ``dc.op.dorothea()`` or
+    ``dc.mt.aucell(adata, net)`` take: one row per (source, target) edge; ``weight`` is the
+    mode of regulation (+1 / -1 for CollecTRI), 1.0 when the column is absent. Each source
+    becomes one regulon: ``name`` = the source, ``tf`` = the source without a trailing
+    ``(+)`` or ``(-)``, ``type`` = ``'repressing'`` for a ``(-)`` suffix and ``'activating'``
+    otherwise, ``genes`` and ``weights`` in the network's row order, ``n_genes``. Regulons
+    come in order of first appearance, so ``regulons_to_network`` gives the rows back
+    (grouped by source). Other columns (``confidence``, ``resources``, ...) are ignored.
+
+    Raises ``InputError`` (one line) for a missing column, an empty or non-text name, a
+    duplicated (source, target) edge, or a weight that is not a finite number.
+    """
+    sources, targets, weights = _network_columns(network)
+    regulons: dict[str, dict] = {}
+    for source, target, weight in zip(sources, targets, weights):
+        regulon = regulons.get(source)
+        if regulon is None:
+            tf, kind = _tf_and_type(source)
+            regulon = regulons[source] = {"name": source, "tf": tf, "type": kind, "genes": [], "weights": []}
+        regulon["genes"].append(target)
+        regulon["weights"].append(float(weight))
+    return [{**r, "n_genes": len(r["genes"])} for r in regulons.values()]
+
+
+def regulons_to_network(regulons: Sequence[dict]) -> pd.DataFrame:
+    """The regulons as a decoupler network: columns ``source`` (the regulon's name),
+    ``target`` (its genes, in order) and ``weight`` (float64: each gene's weight).
+
+    ``dc.mt.aucell(adata, net)`` (or any decoupler method) scores it; ``network_to_regulons``
+    reads it back to the same names, genes and weights. The sign of a regulon is its name
+    (``TF(+)`` / ``TF(-)``); weights are kept as they are (a pipeline regulon's are its GRN
+    weights, the TF itself 1.0).
+    """
+    if isinstance(regulons, (str, bytes, pd.DataFrame)) or not isinstance(regulons, Sequence):
+        raise InputError(f"regulons must be a list of regulon dicts, got {type(regulons).__name__}")
+    sources, targets, weights = [], [], []
+    seen: set[str] = set()
+    for i, regulon in enumerate(regulons):
+        name, genes, values = _regulon_fields(regulon, i)
+        if name in seen:
+            raise InputError(f"regulons[{i}]: the name {name!r} is used twice; regulon names must be unique")
+        seen.add(name)
+        sources += [name] * len(genes)
+        targets += genes
+        weights += values
+    return pd.DataFrame({"source": pd.Series(sources, dtype=object), "target": pd.Series(targets, dtype=object),
+                         "weight": np.asarray(weights, dtype=np.float64)})
+
+
+def network_to_adjacency(network: pd.DataFrame, gene_names: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """What AUCell scores for a network, with pySCENIC's rules for genes absent from the matrix.
+
+    Returns ``(names, adjacency, scored)``: the sources in order of first appearance; the
+    sources x genes 0/1 float32 matrix of their targets among ``gene_names`` (unweighted, as
+    pySCENIC's command line and decoupler's ``aucell``: a weight of -1 is a target too);
+    and a bool mask, False for each source that pySCENIC scores 0 in every cell because
+    fewer than 80% of its targets are in the matrix (``ctxcore``'s ``enrichment4cells``).
+    Targets absent from the matrix are otherwise ignored, as pySCENIC does; a warning names
+    the sources scored 0. No target at all among the genes is refused: the identifiers differ.
+    """
+    regulons = network_to_regulons(network)
+    names = [str(g) for g in gene_names]
+    check_unique(names, "gene names")
+    column = {gene: j for j, gene in enumerate(names)}
+    adjacency = np.zeros((len(regulons), len(names)), dtype=np.float32)
+    scored = np.ones(len(regulons), dtype=bool)
+    for i, regulon in enumerate(regulons):
+        present = [column[g] for g in regulon["genes"] if g in column]
+        adjacency[i, present] = 1.0
+        scored[i] = bool(present) and float(len(present)) / float(len(regulon["genes"])) >= 0.80
+    if not adjacency.any():
+        targets = sorted({g for r in regulons for g in r["genes"]})
+        raise InputError(f"none of the network's {len(targets)} targets is among the {len(names)} genes (targets "
+                         f"start {targets[:3]}, genes start {names[:3]}): use the same gene identifiers and species")
+    if not scored.all():
+        zeroed = [r["name"] for r, ok in zip(regulons, scored) if not ok]
+        logger.warning("%d of %d source(s) have fewer than 80%% of their targets among the genes and score 0, as "
+                       "in pySCENIC: %s", len(zeroed), len(regulons), zeroed[:10])
+    return [r["name"] for r in regulons], adjacency, scored
+
+
+def network_for_aucell(exp_array, network: pd.DataFrame, gene_names: Sequence[str] | None):
+    """``get_aucell``'s network input: ``(expression, adjacency, scored)`` (see ``network_to_adjacency``).
+
+    The gene names are ``gene_names``, else the columns of a pandas DataFrame ``exp_array``;
+    the expression is returned as values (a DataFrame's ``to_numpy()``).
+    """
+    if gene_names is None:
+        if not isinstance(exp_array, pd.DataFrame):
+            raise InputError("scoring a network needs the expression's gene names: pass gene_names=[...] (one per "
+                             "column) or a cells x genes DataFrame")
+        gene_names = [str(c) for c in exp_array.columns]
+    n_columns = exp_array.shape[1]
+    if len(gene_names) != n_columns:
+        raise InputError(f"{len(gene_names)} gene names for {n_columns} expression columns")
+    if isinstance(exp_array, pd.DataFrame):
+        exp_array = exp_array.to_numpy()
+    _, adjacency, scored = network_to_adjacency(network, gene_names)
+    return exp_array, adjacency, scored
+
+
+def _network_columns(network) -> tuple[list[str], list[str], np.ndarray]:
+    if not isinstance(network, pd.DataFrame):
+        raise InputError(f"a network must be a pandas DataFrame with columns source, target[, weight], got "
+                         f"{type(network).__name__}")
+    missing = [c for c in ("source", "target") if c not in network.columns]
+    if missing:
+        raise InputError(f"the network lacks column(s) {missing}; a decoupler network has columns source, target "
+                         f"and (optional) weight, it has {list(network.columns)[:10]}")
+    if network.columns.duplicated().any():
+        duplicated = sorted(set(network.columns[network.columns.duplicated()]))
+        raise InputError(f"the network has duplicate columns {duplicated}")
+    if len(network) == 0:
+        raise InputError("the network has no rows: nothing to score")
+    names = {}
+    for column in ("source", "target"):
+        values = network[column].to_numpy(object)
+        for row, value in enumerate(values):
+            if not isinstance(value, str) or not value:
+                raise InputError(f"network row {row}, column {column}: expected a non-empty str, got {value!r}")
+        names[column] = values.tolist()
+    if "weight" in network.columns:
+        column = network["weight"]
+        if not pd.api.types.is_numeric_dtype(column.dtype) or pd.api.types.is_bool_dtype(column.dtype):
+            raise InputError(f"network column weight must be numeric, has dtype {column.dtype}")
+        weights = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = ~np.isfinite(weights)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise InputError(f"network row {row}, column weight: {float(weights[row])} is not a finite number")
+    else:
+        weights = np.ones(len(network))
+    edges = pd.MultiIndex.from_arrays([names["source"], names["target"]])
+    if edges.has_duplicates:
+        duplicated = edges.duplicated()
+        row = int(np.argmax(duplicated))
+        raise InputError(f"network row {row} repeats the edge ({names['source'][row]!r}, {names['target'][row]!r}) "
+                         f"({int(duplicated.sum())} repeated edge(s)); keep one row per source and target")
+    return names["source"], names["target"], weights
+
+
+def _tf_and_type(name: str) -> tuple[str, str]:
+    if name.endswith("(-)") and len(name) > 3:
+        return name[:-3], REPRESSING
+    if name.endswith("(+)") and len(name) > 3:
+        return name[:-3], ACTIVATING
+    return name, ACTIVATING
+
+
+def _regulon_fields(regulon, i: int) -> tuple[str, list[str], list[float]]:
+    if not isinstance(regulon, dict) or not {"name", "genes", "weights"} <= set(regulon):
+        raise InputError(f"regulons[{i}] is not a dict with 'name', 'genes' and 'weights' (see regulons_from_motifs)")
+    name, genes, weights = regulon["name"], list(regulon["genes"]), list(regulon["weights"])
+    if not isinstance(name, str) or not name:
+        raise InputError(f"regulons[{i}]: the name must be a non-empty str, got {name!r}")
+    if len(genes) != len(weights):
+        raise InputError(f"regulons[{i}] ({name}) has {len(genes)} genes but {len(weights)} weights")
+    for gene in genes:
+        if not isinstance(gene, str) or not gene:
+            raise InputError(f"regulons[{i}] ({name}): gene {gene!r} is not a non-empty str")
+    if len(set(genes)) != len(genes):
+        raise InputError(f"regulons[{i}] ({name}) lists a gene twice")
+    values = []
+    for weight in weights:
+        if isinstance(weight, (bool, np.bool_)) or not isinstance(weight, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(weight):
+            raise InputError(f"regulons[{i}] ({name}): weight {weight!r} is not a finite number")
+        values.append(float(weight))
+    return name, genes, values

@@ -26,7 +26,7 @@ from scipy.special import rel_entr
 
 from .errors import InputError
 
-__all__ = ["regulon_specificity_scores", "rss_by_label", "default_label_column"]
+__all__ = ["regulon_specificity_scores", "rss_by_label", "rss_of_store", "default_label_column"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +63,55 @@ def regulon_specificity_scores(auc_matrix, cell_type_labels, regulon_names: Sequ
     values, cells, regulons = _auc_values(auc_matrix, regulon_names)
     labels = _labels(cell_type_labels, cells, values.shape[0])
     types, codes = np.unique(labels, return_inverse=True)
-    n_cells, n_regulons = values.shape
-    sizes = np.bincount(codes, minlength=types.size).astype(np.float64)
+    return _specificity(lambda a, b: values[a:b], values.shape[0], codes, types, regulons, checked=True)
 
-    totals = values.sum(axis=0)
+
+def rss_of_store(results, labels: pd.Series) -> pd.DataFrame:
+    """``rss_by_label`` of a results store's AUC, read chunk by chunk: the AUC of an atlas
+    (cells x regulons) is never held whole, in float64 or at all."""
+    cells = pd.Index(results.cell_names)
+    codes, types = _label_codes(labels, cells)
+    rss = _specificity(results.auc_reader(), len(cells), codes, types, results.regulon_names,
+                       what=f"the AUC of {results.path}")
+    return rss.rename_axis(labels.name)
+
+
+def _label_codes(labels: pd.Series, cells: pd.Index) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's cell-type code (-1: no label) and the cell types (labels as text, sorted)."""
+    aligned = pd.Series(_aligned(labels, cells, len(cells)), dtype=object).reset_index(drop=True)
+    keep = aligned.notna().to_numpy()
+    if not keep.any():
+        where = f" in {labels.name!r}" if labels.name is not None else ""
+        raise InputError(f"every cell's label{where} is missing; there is no cell type to score")
+    types, kept_codes = np.unique(aligned[keep].astype(str).to_numpy(), return_inverse=True)
+    codes = np.full(len(cells), -1, dtype=np.int64)
+    codes[keep] = kept_codes
+    return codes, types
+
+
+def _specificity(read, n_cells: int, codes: np.ndarray, types: np.ndarray, regulons, checked: bool = False,
+                 what: str = "auc_matrix"):
+    """RSS from ``read(start, stop)`` (blocks of cells x regulons AUC), in float64 a block at
+    a time (the same blocks in memory and from a store: the same bits); cells whose code is
+    -1 belong to no cell type and are left out entirely. ``checked``: the values are known
+    finite and >= 0 (else each block is checked)."""
+    n_regulons = len(regulons)
+    step = max(1, _BLOCK_VALUES // max(1, n_regulons))
+    ranges = [(a, min(a + step, n_cells)) for a in range(0, n_cells, step)]
+
+    def blocks():  # (rows, their codes) in float64, the unlabelled cells left out, the values checked
+        for a, b in ranges:
+            block, block_codes = np.asarray(read(a, b)), codes[a:b]
+            if not checked:  # every cell, labelled or not, as rss_by_label checks them
+                _check_values(block, a, what)
+            if (block_codes < 0).any():
+                block, block_codes = block[block_codes >= 0], block_codes[block_codes >= 0]
+            yield np.ascontiguousarray(block, dtype=np.float64), block_codes  # C order: one order of addition
+
+    sizes = np.bincount(codes[codes >= 0], minlength=types.size).astype(np.float64)
+    totals = np.zeros(n_regulons)
+    for block, _ in blocks():
+        totals += block.sum(axis=0)
     empty = totals == 0
     if empty.any():
         names = [str(r) for r in np.asarray(regulons, dtype=object)[empty]]
@@ -74,28 +119,27 @@ def regulon_specificity_scores(auc_matrix, cell_type_labels, regulon_names: Sequ
             f"{len(names)} regulon(s) have AUC 0 in every cell, so their specificity is "
             f"undefined (NaN): {names[:10]}",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     safe_totals = np.where(empty, 1.0, totals)
     # scipy's jensenshannon normalises p again; its sum is 1 up to rounding.
-    renorm = (values / safe_totals).sum(axis=0)
+    renorm = np.zeros(n_regulons)
+    for block, _ in blocks():
+        renorm += (block / safe_totals).sum(axis=0)
     renorm[renorm == 0] = 1.0
 
     log2 = np.log(2.0)
     inside = np.zeros((types.size, n_regulons))  # per type: sum over its cells of the bracket
-    step = max(1, _BLOCK_VALUES // max(1, n_regulons))
-    for start in range(0, n_cells, step):
-        stop = min(start + step, n_cells)
-        p = values[start:stop] / safe_totals / renorm
-        a = (1.0 / sizes[codes[start:stop]])[:, None]
+    p_sums = np.zeros(n_regulons)
+    for block, block_codes in blocks():
+        p = block / safe_totals / renorm
+        a = (1.0 / sizes[block_codes])[:, None]
         m = (p + a) / 2.0
         bracket = rel_entr(p, m) + rel_entr(a, m) - p * log2
-        member = sp.csr_matrix(
-            (np.ones(stop - start), (codes[start:stop], np.arange(stop - start))),
-            shape=(types.size, stop - start),
-        )
+        member = sp.csr_matrix((np.ones(len(block_codes)), (block_codes, np.arange(len(block_codes)))),
+                               shape=(types.size, len(block_codes)))
         inside += member @ bracket
-    p_sums = (values / safe_totals / renorm).sum(axis=0)
+        p_sums += p.sum(axis=0)
     js2 = np.maximum(log2 * p_sums[None, :] + inside, 0.0)  # 2 * JS; rounding can dip below 0
     rss = 1.0 - np.sqrt(js2 / 2.0)
     rss[:, empty] = np.nan
@@ -114,18 +158,16 @@ def rss_by_label(auc: pd.DataFrame, labels: pd.Series) -> pd.DataFrame:
 
     ``auc``: cells x regulons; ``labels``: one label per cell, aligned by index to
     ``auc``'s rows (a RangeIndex: by position) and compared as text. Returns cell types x
-    regulons, the index named after ``labels.name``. The run, the ``rss`` command and the
-    report all call this, so that they group cells alike.
+    regulons, the index named after ``labels.name``. The ``rss`` command calls this and the
+    run and the report call ``rss_of_store`` (the same blocks, the same bits), so all
+    three group cells alike.
     """
     if not isinstance(auc, pd.DataFrame) or not isinstance(labels, pd.Series):
         raise InputError("rss_by_label takes the AUC as a DataFrame (cells x regulons) and the labels as a Series")
-    aligned = pd.Series(_aligned(labels, auc.index, len(auc)), dtype=object).reset_index(drop=True)
-    keep = aligned.notna().to_numpy()
-    if not keep.any():
-        where = f" in {labels.name!r}" if labels.name is not None else ""
-        raise InputError(f"every cell's label{where} is missing; there is no cell type to score")
-    rss = regulon_specificity_scores(auc.iloc[np.flatnonzero(keep)], aligned[keep].astype(str).to_numpy())
-    return rss.rename_axis(labels.name)
+    values, _, regulons = _auc_values(auc, None)
+    codes, types = _label_codes(labels, auc.index)
+    return _specificity(lambda a, b: values[a:b], len(auc), codes, types, regulons, checked=True).rename_axis(
+        labels.name)
 
 
 def _auc_values(auc_matrix, regulon_names):
@@ -145,17 +187,7 @@ def _auc_values(auc_matrix, regulon_names):
         raise InputError(f"auc_matrix must hold numbers, got dtype {values.dtype}")
     if values.shape[0] == 0 or values.shape[1] == 0:
         raise InputError(f"auc_matrix has shape {values.shape}; it needs at least one cell and one regulon")
-    values = values.astype(np.float64)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        raise InputError(f"auc_matrix has {int(bad.sum())} NaN or infinite value(s), first at cell {r}, regulon {c}")
-    if (values < 0).any():
-        r, c = np.argwhere(values < 0)[0]
-        raise InputError(
-            f"auc_matrix has negative values (first at cell {r}, regulon {c}: {values[r, c]}); "
-            "AUC values are >= 0"
-        )
+    _check_values(values)
     if regulon_names is not None:
         regulon_names = list(regulon_names)
         if len(regulon_names) != values.shape[1]:
@@ -164,6 +196,21 @@ def _auc_values(auc_matrix, regulon_names):
     elif regulons is None:
         regulons = list(range(values.shape[1]))
     return values, cells, regulons
+
+
+def _check_values(values: np.ndarray, offset: int = 0, what: str = "auc_matrix") -> None:
+    """NaN, infinite or negative AUC values are refused, naming the first (cells from ``offset``)."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise InputError(f"{what} has {int(bad.sum())} NaN or infinite value(s), first at cell {r + offset}, "
+                         f"regulon {c}")
+    if (values < 0).any():
+        r, c = np.argwhere(values < 0)[0]
+        raise InputError(
+            f"{what} has negative values (first at cell {r + offset}, regulon {c}: {values[r, c]}); "
+            "AUC values are >= 0"
+        )
 
 
 def _aligned(labels, cells, n_cells):

@@ -73,7 +73,7 @@ import pandas as pd
 from ._utils import atomic_path
 from .errors import InputError
 
-__all__ = ["SimulatedDataset", "simulate_dataset", "evaluate_regulons"]
+__all__ = ["SimulatedDataset", "simulate_dataset", "write_simulated_h5ad", "evaluate_regulons"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,8 @@ class SimulatedDataset:
     Attributes
     ----------
     counts
-        int32, cells x genes: negative-binomial counts.
+        int32, cells x genes: negative-binomial counts (None from ``write_simulated_h5ad``:
+        the cells are in its file, as are ``expression``'s).
     expression
         float32, cells x genes: ``log1p(counts)``, what the pipeline expects.
     gene_names
@@ -127,7 +128,8 @@ class SimulatedDataset:
     active
         bool, planted TFs x cell types: where each TF's mean activity is high.
     activity
-        float32, cells x planted TFs: the latent activity that drives each TF and its targets.
+        float32, cells x planted TFs: the latent activity that drives each TF and its targets
+        (None from ``write_simulated_h5ad``).
     database_ranks
         int16, motifs x database genes: 0-based ranks, each row a permutation.
     motif_names
@@ -287,8 +289,251 @@ def simulate_dataset(
     >>> data.expression.shape, data.regulon_weights.shape, data.database_ranks.shape
     ((300, 200), (4, 200), (50, 400))
     """
+    n_absent_tfs = _check_sizes(n_cells, n_genes, n_tfs, n_decoy_tfs, n_cell_types, targets_per_tf,
+                                n_database_genes, n_motifs, seed)
+    rng = np.random.default_rng(seed)
+    names = _names(rng, n_genes, n_tfs, n_decoy_tfs, n_absent_tfs, n_database_genes)
+
+    # -- cells and cell types -----------------------------------------------------------
+    share = rng.uniform(0.5, 1.5, n_cell_types)
+    sizes = np.maximum(1, np.floor(share / share.sum() * n_cells).astype(int))
+    while sizes.sum() > n_cells:
+        sizes[np.argmax(sizes)] -= 1
+    sizes[np.argsort(-share)[: n_cells - sizes.sum()]] += 1
+    cell_type_index = rng.permutation(np.repeat(np.arange(n_cell_types), sizes))
+
+    active, regulators, regulon_weights = _regulation(rng, names, n_tfs, n_cell_types, targets_per_tf)
+    decoy_active = _active_types(rng, n_decoy_tfs, n_cell_types)
+    on = np.concatenate([active, decoy_active]).astype(np.float64)  # (planted + decoy) x types
+    latent = ACTIVITY_ON * on.T[cell_type_index] + ACTIVITY_WITHIN_SD * rng.standard_normal((n_cells, on.shape[0]))
+    genes = _gene_means(rng, names, regulators, n_cell_types)
+    log_mean = _log_mean(genes, names, regulon_weights, cell_type_index, latent, n_tfs)
+    log_mean += SIZE_FACTOR_LOG_SD * rng.standard_normal((n_cells, 1))
+    counts = _counts(rng, log_mean)
+    database = _database(rng, names, genes["background"], regulon_weights, n_database_genes, n_motifs)
+    cell_type_names = np.array([f"type{t}" for t in range(n_cell_types)])
+    return SimulatedDataset(
+        counts=counts,
+        expression=np.log1p(counts).astype(np.float32),
+        gene_names=names["gene_names"],
+        cell_types=cell_type_names[cell_type_index],
+        cell_type_names=cell_type_names,
+        tf_names=names["tf_names"],
+        planted_tfs=names["planted_tfs"],
+        decoy_tfs=names["decoy_tfs"],
+        regulon_weights=regulon_weights,
+        active=active,
+        activity=latent[:, :n_tfs].astype(np.float32),
+        seed=seed,
+        **database,
+    )
+
+
+BLOCK_CELLS = 10_000  # cells per block of write_simulated_h5ad (fixed, so the data never depend on memory)
+CALIBRATION_CELLS = 1_000  # cells drawn apart to find the baseline shift of a requested density
+
+
+def write_simulated_h5ad(
+    path: str | Path,
+    n_cells: int,
+    n_genes: int = 1000,
+    n_tfs: int = 30,
+    n_decoy_tfs: int = 20,
+    n_cell_types: int = 6,
+    targets_per_tf: int = 30,
+    n_database_genes: int = 6000,
+    n_motifs: int = 1000,
+    *,
+    density: float | None = None,
+    sparse: bool = True,
+    seed: int | None = 0,
+) -> SimulatedDataset:
+    """Simulate as ``simulate_dataset`` does, a block of cells at a time, straight into an h5ad
+    file: atlas sizes (a million cells) in the memory of one block.
+
+    The model is ``simulate_dataset``'s; the random stream is not (the genes, the database and
+    each block of ``BLOCK_CELLS`` cells draw from streams of their own, spawned from ``seed``),
+    so the first k cells are the same for any ``n_cells >= k``. Cell types are drawn cell by
+    cell with the types' shares.
+
+    The file (written to a temporary name, then renamed) holds X = ``log1p(counts)``, float32,
+    CSR when ``sparse`` else dense; obs: the cell names (``cell0``, ... zero-padded) and a
+    ``cell_type`` column; var: the gene names.
+
+    Parameters
+    ----------
+    path
+        The h5ad file to write (its folder must exist); replaced if present.
+    n_cells, n_genes, n_tfs, n_decoy_tfs, n_cell_types, targets_per_tf, n_database_genes, n_motifs, seed
+        As ``simulate_dataset``'s.
+    density
+        Fraction of non-zero entries to aim for, in (0, 1): every gene's baseline is shifted by
+        one constant (log scale), found on ``CALIBRATION_CELLS`` cells drawn apart; None keeps
+        the model's (about 40%).
+    sparse
+        Write X as CSR (else dense).
+
+    Returns
+    -------
+    SimulatedDataset
+        The world and every cell's type; ``counts``, ``expression`` and ``activity`` are None
+        (the cells are in the file).
+    """
+    n_absent_tfs = _check_sizes(n_cells, n_genes, n_tfs, n_decoy_tfs, n_cell_types, targets_per_tf,
+                                n_database_genes, n_motifs, seed)
+    if density is not None and (isinstance(density, bool) or not isinstance(density, (int, float))
+                                or not 0 < density < 1):
+        raise InputError(f"density must be a fraction in (0, 1) or None, got {density!r}")
+    if not isinstance(sparse, bool):
+        raise InputError(f"sparse must be True or False, got {sparse!r}")
+    world_seed, calibration_seed, cells_seed = np.random.SeedSequence(seed).spawn(3)
+    rng = np.random.default_rng(world_seed)
+    names = _names(rng, n_genes, n_tfs, n_decoy_tfs, n_absent_tfs, n_database_genes)
+    share = rng.uniform(0.5, 1.5, n_cell_types)
+    share /= share.sum()
+    active, regulators, regulon_weights = _regulation(rng, names, n_tfs, n_cell_types, targets_per_tf)
+    decoy_active = _active_types(rng, n_decoy_tfs, n_cell_types)
+    genes = _gene_means(rng, names, regulators, n_cell_types)
+    database = _database(rng, names, genes["background"], regulon_weights, n_database_genes, n_motifs)
+    on = np.concatenate([active, decoy_active]).astype(np.float64)
+
+    def block(block_rng, rows: int):
+        """(cell types, log-means) of ``rows`` cells."""
+        types = block_rng.choice(n_cell_types, size=rows, p=share)
+        latent = ACTIVITY_ON * on.T[types] + ACTIVITY_WITHIN_SD * block_rng.standard_normal((rows, on.shape[0]))
+        log_mean = _log_mean(genes, names, regulon_weights, types, latent, n_tfs)
+        log_mean += SIZE_FACTOR_LOG_SD * block_rng.standard_normal((rows, 1))
+        return types, log_mean
+
+    if density is not None:
+        _, sample = block(np.random.default_rng(calibration_seed), CALIBRATION_CELLS)
+        genes["log_base"] = genes["log_base"] + _density_shift(sample, density)
+    n_blocks = -(-n_cells // BLOCK_CELLS)
+    cell_types = np.empty(n_cells, dtype=np.int64)
+    cell_type_names = np.array([f"type{t}" for t in range(n_cell_types)])
+    with atomic_path(path) as tmp:
+        writer = _H5adWriter(tmp, n_cells, n_genes, sparse)
+        try:
+            for b, block_seed in enumerate(cells_seed.spawn(n_blocks)):
+                start = b * BLOCK_CELLS
+                rows = min(BLOCK_CELLS, n_cells - start)
+                block_rng = np.random.default_rng(block_seed)
+                types, log_mean = block(block_rng, BLOCK_CELLS)  # a whole block: the same for any n_cells
+                cell_types[start : start + rows] = types[:rows]
+                counts = _inverse_cdf_counts(block_rng, log_mean)[:rows]
+                del log_mean
+                writer.write(np.log1p(counts, dtype=np.float32))
+            writer.finish(cell_type_names[cell_types], names["gene_names"])
+        finally:
+            writer.close()
+    logger.debug("wrote %d cells x %d genes to %s", n_cells, n_genes, path)
+    return SimulatedDataset(
+        counts=None, expression=None, activity=None, gene_names=names["gene_names"],
+        cell_types=cell_type_names[cell_types], cell_type_names=cell_type_names, tf_names=names["tf_names"],
+        planted_tfs=names["planted_tfs"], decoy_tfs=names["decoy_tfs"], regulon_weights=regulon_weights,
+        active=active, seed=seed, **database,
+    )
+
+
+def _inverse_cdf_counts(rng, log_mean: np.ndarray) -> np.ndarray:
+    """Negative-binomial counts (size ``DISPERSION``, mean ``exp(log_mean)``) by the inverse CDF of
+    one uniform per entry: quick when most counts are 0 (float32 decides which are; only the
+    others walk the CDF, in float64)."""
+    mean = np.exp(log_mean.astype(np.float32)).ravel()
+    q = mean / (np.float32(DISPERSION) + mean)
+    uniform = rng.random(mean.size, dtype=np.float32)
+    where = np.flatnonzero(uniform >= (1 - q) ** np.float32(DISPERSION))  # P(0) = (1 - q)**D
+    del mean
+    counts = np.zeros(log_mean.size, dtype=np.int32)
+    uniform, q = uniform[where].astype(np.float64), q[where].astype(np.float64)
+    pmf = (1 - q) ** DISPERSION
+    cdf = pmf.copy()
+    k = 0
+    while where.size:
+        pmf = pmf * ((k + DISPERSION) / (k + 1)) * q  # P(k + 1) from P(k)
+        k += 1
+        cdf += pmf
+        done = (cdf >= uniform) | (pmf == 0)  # pmf 0: rounding left the CDF a hair below the uniform
+        counts[where[done]] = k
+        keep = ~done
+        where, uniform, q, pmf, cdf = where[keep], uniform[keep], q[keep], pmf[keep], cdf[keep]
+    return counts.reshape(log_mean.shape)
+
+
+def _density_shift(log_mean: np.ndarray, density: float) -> float:
+    """The log shift of every mean that makes the expected fraction of non-zero counts ``density``.
+
+    P(count > 0) of a negative binomial of size D and mean mu is 1 - (D / (D + mu))**D,
+    increasing in mu: bisection on the shift."""
+    def expected(shift: float) -> float:
+        return float(np.mean(-np.expm1(-DISPERSION * np.log1p(np.exp(log_mean + shift) / DISPERSION))))
+
+    low, high = -20.0, 20.0
+    for _ in range(30):  # to 4e-8
+        middle = (low + high) / 2
+        low, high = (middle, high) if expected(middle) < density else (low, middle)
+    return (low + high) / 2
+
+
+class _H5adWriter:
+    """An h5ad (anndata's on-disk layout) written a block of rows at a time."""
+
+    def __init__(self, path: Path, n_cells: int, n_genes: int, sparse: bool):
+        import h5py
+
+        self.file = h5py.File(path, "w")
+        self.file.attrs["encoding-type"] = "anndata"
+        self.file.attrs["encoding-version"] = "0.1.0"
+        self.sparse, self.row = sparse, 0
+        if sparse:
+            x = self.file.create_group("X")
+            x.attrs["encoding-type"] = "csr_matrix"
+            x.attrs["encoding-version"] = "0.1.0"
+            x.attrs["shape"] = np.array([n_cells, n_genes])
+            self.data = x.create_dataset("data", shape=(0,), maxshape=(None,), dtype="float32", chunks=(2**20,))
+            self.indices = x.create_dataset("indices", shape=(0,), maxshape=(None,), dtype="int32", chunks=(2**20,))
+            self.indptr = np.zeros(n_cells + 1, dtype=np.int64)
+        else:
+            self.x = self.file.create_dataset("X", shape=(n_cells, n_genes), dtype="float32",
+                                              chunks=(max(1, min(n_cells, 2**20 // n_genes)), n_genes))
+            self.x.attrs["encoding-type"] = "array"
+            self.x.attrs["encoding-version"] = "0.2.0"
+
+    def write(self, values: np.ndarray) -> None:
+        rows = values.shape[0]
+        if self.sparse:
+            row, col = np.nonzero(values)
+            nnz = self.indptr[self.row]
+            for dataset, part in ((self.data, values[row, col]), (self.indices, col.astype(np.int32))):
+                dataset.resize((nnz + row.size,))
+                dataset[nnz:] = part
+            self.indptr[self.row + 1 : self.row + rows + 1] = nnz + np.cumsum(np.bincount(row, minlength=rows))
+        else:
+            self.x[self.row : self.row + rows] = values
+        self.row += rows
+
+    def finish(self, cell_types: np.ndarray, gene_names: np.ndarray) -> None:
+        from anndata.io import write_elem
+
+        if self.sparse:
+            self.file["X"].create_dataset("indptr", data=self.indptr)
+        width = len(str(max(cell_types.size - 1, 0)))
+        obs = pd.DataFrame({"cell_type": pd.Categorical(cell_types)},
+                           index=pd.Index([f"cell{i:0{width}d}" for i in range(cell_types.size)], dtype=object))
+        write_elem(self.file, "obs", obs)
+        write_elem(self.file, "var", pd.DataFrame(index=pd.Index(gene_names.tolist(), dtype=object)))
+        for key in ("obsm", "varm", "obsp", "varp", "layers", "uns"):
+            write_elem(self.file, key, {})
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _check_sizes(n_cells, n_genes, n_tfs, n_decoy_tfs, n_cell_types, targets_per_tf, n_database_genes, n_motifs,
+                 seed) -> int:
+    """Check the arguments of a simulation (one-line errors); return the number of absent TFs."""
     positive = dict(n_cells=n_cells, n_genes=n_genes, n_tfs=n_tfs, n_cell_types=n_cell_types,
-                     targets_per_tf=targets_per_tf, n_database_genes=n_database_genes, n_motifs=n_motifs)
+                    targets_per_tf=targets_per_tf, n_database_genes=n_database_genes, n_motifs=n_motifs)
     for name, value in positive.items():
         if not _is_int(value) or value < 1:
             raise InputError(f"{name} must be a positive integer, got {value!r}")
@@ -299,7 +544,6 @@ def simulate_dataset(
     if n_cells < n_cell_types:
         raise InputError(f"n_cells={n_cells} is fewer than n_cell_types={n_cell_types}; every cell type "
                          "needs at least one cell")
-    pool = n_genes - n_tfs - n_decoy_tfs
     needed = n_tfs + n_decoy_tfs + max(targets_per_tf, -(-(n_tfs + 1) * targets_per_tf // MAX_REGULATORS))
     if n_genes < needed:
         raise InputError(
@@ -310,15 +554,16 @@ def simulate_dataset(
     if n_database_genes < n_genes:
         raise InputError(f"n_database_genes={n_database_genes} is below n_genes={n_genes}; the database "
                          "holds the expressed genes and more, as real ones do")
-    n_absent_tfs = max(1, n_tfs // 10)
-    n_absent_tfs = min(n_absent_tfs, n_database_genes - n_genes)
+    n_absent_tfs = min(max(1, n_tfs // 10), n_database_genes - n_genes)
     most_annotated = 3 * n_tfs + 2 * (n_decoy_tfs + n_absent_tfs)  # motifs per TF: 1-3 planted, 1-2 others
     if n_motifs < most_annotated:
         raise InputError(f"n_motifs={n_motifs} is fewer than the up to {most_annotated} motifs annotated to the "
                          f"{n_tfs + n_decoy_tfs + n_absent_tfs} TFs; use n_motifs >= {most_annotated}")
-    rng = np.random.default_rng(seed)
+    return n_absent_tfs
 
-    # -- names: nothing in a name gives away what a gene is ---------------------------
+
+def _names(rng, n_genes, n_tfs, n_decoy_tfs, n_absent_tfs, n_database_genes) -> dict:
+    """TF and gene names (nothing in a name gives away what a gene is) and their columns."""
     n_all_tfs = n_tfs + n_decoy_tfs + n_absent_tfs
     tf_width = len(str(n_all_tfs))
     tf_pool = np.array([f"TF{i:0{tf_width}d}" for i in range(1, n_all_tfs + 1)])
@@ -328,60 +573,68 @@ def simulate_dataset(
     absent_tfs = np.sort(tf_pool[n_tfs + n_decoy_tfs :])
     # Non-TF gene names: the expressed pool first, genome-only genes (database only) from
     # the rest, as many as the database needs once the genes missing from it are known.
+    pool = n_genes - n_tfs - n_decoy_tfs
     n_plain = pool + n_database_genes
     gene_width = len(str(n_plain))
     plain = np.array([f"G{i:0{gene_width}d}" for i in range(1, n_plain + 1)])[rng.permutation(n_plain)]
     pool_names = plain[:pool]
-
     gene_names = np.sort(np.concatenate([planted_tfs, decoy_tfs, pool_names]))
     column = {g: j for j, g in enumerate(gene_names.tolist())}
     planted_cols = np.array([column[t] for t in planted_tfs])
     decoy_cols = np.array([column[t] for t in decoy_tfs], dtype=np.int64)
-    pool_cols = np.array([column[g] for g in pool_names])
+    return {"tf_names": np.sort(tf_pool), "planted_tfs": planted_tfs, "decoy_tfs": decoy_tfs, "absent_tfs": absent_tfs,
+            "plain": plain, "pool": pool, "gene_names": gene_names,
+            "pool_cols": np.array([column[g] for g in pool_names]),
+            "tf_cols": np.concatenate([planted_cols, decoy_cols])}
 
-    # -- cells and cell types -----------------------------------------------------------
-    cell_type_names = np.array([f"type{t}" for t in range(n_cell_types)])
-    share = rng.uniform(0.5, 1.5, n_cell_types)
-    sizes = np.maximum(1, np.floor(share / share.sum() * n_cells).astype(int))
-    while sizes.sum() > n_cells:
-        sizes[np.argmax(sizes)] -= 1
-    sizes[np.argsort(-share)[: n_cells - sizes.sum()]] += 1
-    cell_type_index = rng.permutation(np.repeat(np.arange(n_cell_types), sizes))
 
-    # -- who regulates what ---------------------------------------------------------------
+def _regulation(rng, names: dict, n_tfs, n_cell_types, targets_per_tf):
+    """Who regulates what: (active TFs x types, regulators per pool gene, planted TFs x genes weights)."""
+    pool, pool_cols = names["pool"], names["pool_cols"]
     active = _active_types(rng, n_tfs, n_cell_types)
     regulators = np.zeros(pool, dtype=np.int64)
-    regulon_weights = np.zeros((n_tfs, n_genes), dtype=np.float32)
+    regulon_weights = np.zeros((n_tfs, names["gene_names"].size), dtype=np.float32)
     for k in range(n_tfs):
         room = MAX_REGULATORS - regulators
         chosen = rng.choice(pool, size=targets_per_tf, replace=False, p=room / room.sum())
         regulators[chosen] += 1
         regulon_weights[k, pool_cols[chosen]] = rng.uniform(*WEIGHT_RANGE, size=targets_per_tf)
+    return active, regulators, regulon_weights
 
-    # -- activities and counts ------------------------------------------------------------
-    decoy_active = _active_types(rng, n_decoy_tfs, n_cell_types)
-    on = np.concatenate([active, decoy_active]).astype(np.float64)  # (planted + decoy) x types
-    latent = ACTIVITY_ON * on.T[cell_type_index] + ACTIVITY_WITHIN_SD * rng.standard_normal((n_cells, on.shape[0]))
-    activity = latent[:, :n_tfs]
 
+def _gene_means(rng, names: dict, regulators, n_cell_types) -> dict:
+    """Per-gene log baselines, per-type marker shifts, and the background (unregulated) columns."""
+    n_genes, tf_cols, pool_cols = names["gene_names"].size, names["tf_cols"], names["pool_cols"]
     log_base = np.log(GENE_BASE_MEDIAN) + BASE_LOG_SD * rng.standard_normal(n_genes)
-    tf_cols = np.concatenate([planted_cols, decoy_cols])
     log_base[tf_cols] = np.log(TF_BASE_MEDIAN) + BASE_LOG_SD * rng.standard_normal(tf_cols.size)
     type_shift = np.zeros((n_cell_types, n_genes))
     background = pool_cols[regulators == 0]
     markers = background[rng.random(background.size) < MARKER_FRACTION]
     type_shift[:, markers] = MARKER_SD * rng.standard_normal((n_cell_types, markers.size))
+    return {"log_base": log_base, "type_shift": type_shift, "background": background}
 
-    log_mean = log_base + type_shift[cell_type_index] + activity @ regulon_weights.astype(np.float64)
-    log_mean[:, tf_cols] += latent
-    log_mean += SIZE_FACTOR_LOG_SD * rng.standard_normal((n_cells, 1))
+
+def _log_mean(genes: dict, names: dict, regulon_weights, cell_type_index, latent, n_tfs) -> np.ndarray:
+    """Cells x genes log-means before the library size: baseline + marker shift + regulation."""
+    log_mean = genes["log_base"] + genes["type_shift"][cell_type_index] \
+        + latent[:, :n_tfs] @ regulon_weights.astype(np.float64)
+    log_mean[:, names["tf_cols"]] += latent
+    return log_mean
+
+
+def _counts(rng, log_mean: np.ndarray) -> np.ndarray:
     mean = np.exp(log_mean)
-    counts = rng.negative_binomial(DISPERSION, DISPERSION / (DISPERSION + mean)).astype(np.int32)
+    return rng.negative_binomial(DISPERSION, DISPERSION / (DISPERSION + mean)).astype(np.int32)
 
-    # -- the motif database ---------------------------------------------------------------
+
+def _database(rng, names: dict, background, regulon_weights, n_database_genes, n_motifs) -> dict:
+    """The motif ranking database, its annotation table and the planted motifs."""
+    gene_names, planted_tfs, decoy_tfs, absent_tfs = (names[k] for k in ("gene_names", "planted_tfs", "decoy_tfs",
+                                                                          "absent_tfs"))
     missing = background[rng.random(background.size) < MISSING_FROM_DATABASE]
-    in_db = np.setdiff1d(np.arange(n_genes), missing)
-    genome_names = plain[pool : pool + n_database_genes - in_db.size - absent_tfs.size]
+    in_db = np.setdiff1d(np.arange(gene_names.size), missing)
+    pool = names["pool"]
+    genome_names = names["plain"][pool : pool + n_database_genes - in_db.size - absent_tfs.size]
     database_gene_names = np.sort(np.concatenate([gene_names[in_db], absent_tfs, genome_names]))
     db_column = {g: j for j, g in enumerate(database_gene_names.tolist())}
     n_db = database_gene_names.size
@@ -413,26 +666,8 @@ def simulate_dataset(
         if is_planted:
             planted_motifs[tf] = planted_motifs.get(tf, ()) + (name,)
     annotation = _annotation_table(rng, motif_tfs, names_by_motif, motif_names, decoy_tfs)
-
-    return SimulatedDataset(
-        counts=counts,
-        expression=np.log1p(counts).astype(np.float32),
-        gene_names=gene_names,
-        cell_types=cell_type_names[cell_type_index],
-        cell_type_names=cell_type_names,
-        tf_names=np.sort(tf_pool),
-        planted_tfs=planted_tfs,
-        decoy_tfs=decoy_tfs,
-        regulon_weights=regulon_weights,
-        active=active,
-        activity=activity.astype(np.float32),
-        database_ranks=ranks,
-        motif_names=motif_names,
-        database_gene_names=database_gene_names,
-        motif_annotation=annotation,
-        planted_motifs=planted_motifs,
-        seed=seed,
-    )
+    return {"database_ranks": ranks, "motif_names": motif_names, "database_gene_names": database_gene_names,
+            "motif_annotation": annotation, "planted_motifs": planted_motifs}
 
 
 def _is_int(value) -> bool:

@@ -139,16 +139,97 @@ def test_regulon_matrix_types(convert_w):
 
 
 def test_sparse_input_is_densified_one_batch_at_a_time():
+    """Rows with fewer positive values than the cutoff need their zeros ranked: only those are
+    densified, at most batch_size at a time; the others are ranked from their stored values."""
     x, w = counts_case(n_cells=50)
+    x[::3, 10:] = 0.0  # 17 rows with at most 10 positive values, fewer than the 14 ranks that count
     batch_size = 8
+    densified = []
 
     class WatchedCSR(sp.csr_matrix):
         def toarray(self, *args, **kwargs):
             assert self.shape[0] <= batch_size, f"densified {self.shape[0]} rows at once"
+            densified.append(self.shape[0])
             return super().toarray(*args, **kwargs)
 
     got = get_aucell(WatchedCSR(x), w, k=None, device="cpu", seed=3, batch_size=batch_size)
+    assert sum(densified) == 17
     np.testing.assert_array_equal(got, get_aucell(x, w, k=None, device="cpu", seed=3))
+    np.testing.assert_allclose(got, pyscenic_aucell(x, w, 0.05, seed=3), rtol=0, atol=TOL)
+
+
+def random_sparse_case(case: int):
+    """A CSR matrix as users hold them, and its dense equivalent for pySCENIC.
+
+    Rows with many and with few positive values (few: their zeros enter the top ranks), heavy
+    ties, negative values in some cases; in odd cases explicit zeros, duplicate entries (a
+    value split in two halves, which scipy sums back exactly) and unsorted indices; float32,
+    float64 and integer data.
+    """
+    rng = np.random.default_rng(2000 + case)
+    n_cells, n_genes = int(rng.integers(20, 120)), int(rng.integers(40, 900))
+    counts = rng.negative_binomial(n=rng.uniform(0.3, 3), p=rng.uniform(0.2, 0.8), size=(n_cells, n_genes))
+    counts[rng.random((n_cells, n_genes)) > rng.uniform(0.03, 0.6)] = 0
+    dtype = [np.float32, np.float64, np.int64][case % 3]
+    values = counts.astype(dtype) if dtype is np.int64 else np.log1p(counts).astype(dtype)
+    if case % 4 == 1 and dtype is not np.int64:
+        values[rng.random(values.shape) < 0.02] = -1.0  # negatives rank below the zeros
+    if case % 2 == 0:
+        return sp.csr_matrix(values), values
+    rows, cols = np.nonzero(values)
+    data = values[rows, cols]
+    zero_rows, zero_cols = np.nonzero(values == 0)
+    explicit = rng.random(zero_rows.size) < 0.05
+    split = rng.random(rows.size) < 0.1
+    first = data.copy()
+    first[split] = data[split] // 2 if dtype is np.int64 else data[split] / 2
+    rows = np.concatenate([rows, zero_rows[explicit], rows[split]])
+    cols = np.concatenate([cols, zero_cols[explicit], cols[split]])
+    data = np.concatenate([first, np.zeros(explicit.sum(), dtype), data[split] - first[split]])
+    order = rng.permutation(data.size)
+    rows, cols, data = rows[order], cols[order], data[order]
+    by_row = np.argsort(rows, kind="stable")  # rows in order, entries within a row shuffled
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n_cells))])
+    csr = sp.csr_matrix((data[by_row], cols[by_row], indptr), shape=values.shape)
+    assert not csr.has_canonical_format
+    np.testing.assert_array_equal(csr.toarray(), values)
+    return csr, values
+
+
+@pytest.mark.parametrize("case", range(12))
+def test_sparse_input_equals_pyscenic(case):
+    csr, values = random_sparse_case(case)
+    _, w, _, _ = random_case(case)
+    w = np.resize(w, (w.shape[0], values.shape[1]))
+    w[w.sum(axis=1) == 0, 0] = 1.0
+    rng = np.random.default_rng(case)
+    threshold, seed = float(rng.uniform(1.5 / values.shape[1], 0.3)), int(rng.integers(0, 2**31 - 1))
+    expected = pyscenic_aucell(values, w, threshold, seed)
+    batch_size = [1, 5, 32][case % 3]
+    got = get_aucell(csr, w, k=None, auc_threshold=threshold, device="cpu", batch_size=batch_size, seed=seed)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=TOL)
+    assert np.abs(expected).max() > 0
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_cpu_batches_and_threads_give_pyscenic_result(threads, monkeypatch):
+    """Several threads, each scoring several batches (sparse ones too, cut small): each batch
+    lands in its own rows of the result."""
+    monkeypatch.setattr("flashscenic.aucell._SPARSE_VALUES", 60)  # a sparse batch: batch_size rows
+    monkeypatch.setattr("flashscenic.aucell.torch.get_num_threads", lambda: threads)
+    x, w = counts_case(n_cells=61)
+    expected = pyscenic_aucell(x, w, 0.05, seed=16)
+    for data in (x, sp.csr_matrix(x)):
+        got = get_aucell(data, w, k=None, device="cpu", seed=16, batch_size=9)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=TOL)
+
+
+def test_huge_finite_values_are_not_taken_for_infinite():
+    """The finite check sums first; a sum that overflows must send it to the exact check, not fail."""
+    x, w = counts_case(seed=17)
+    x[:, :20] = np.float32(3e38)  # each row's sum overflows float32
+    np.testing.assert_allclose(get_aucell(x, w, k=None, device="cpu", seed=18), pyscenic_aucell(x, w, 0.05, seed=18),
+                               rtol=0, atol=TOL)
 
 
 def test_batch_size_never_changes_the_result():
@@ -354,3 +435,61 @@ def test_cuda_equals_pyscenic(case, ties):
     np.testing.assert_allclose(got, cpu, rtol=0, atol=TOL)
     if ties == "pyscenic":
         np.testing.assert_allclose(got, pyscenic_aucell(x, w, threshold, seed), rtol=0, atol=TOL)
+
+
+# --- a decoupler network as the regulons ------------------------------------------------
+
+
+def _network_case(seed: int = 0):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    genes = [f"g{j}" for j in range(400)]
+    expression = np.round(rng.gamma(1.0, 1.0, size=(60, len(genes))), 1).astype(np.float32)  # ties
+    rows = []
+    for source, n in (("A", 30), ("B", 80), ("C", 12)):
+        rows += [(source, t) for t in rng.choice(genes, n, replace=False)]
+    rows += [("D", f"absent{i}") for i in range(5)] + [("D", g) for g in genes[:10]]  # 10 of 15 present: < 80%
+    return expression, genes, pd.DataFrame(rows, columns=["source", "target"])
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_a_network_scores_like_its_regulons_matrix_and_under_80_percent_is_zero(sparse):
+    expression, genes, network = _network_case()
+    x = sp.csr_matrix(expression) if sparse else expression
+    got = get_aucell(x, network, k=None, gene_names=genes, device="cpu", seed=3, verbose=False)
+    index = {g: j for j, g in enumerate(genes)}
+    matrix = np.zeros((4, len(genes)))
+    for row, source in enumerate("ABCD"):
+        for target in network.loc[network["source"] == source, "target"]:
+            if target in index:
+                matrix[row, index[target]] = 1.0
+    expected = get_aucell(x, matrix, k=None, device="cpu", seed=3, verbose=False)
+    assert got.shape == (60, 4)
+    np.testing.assert_array_equal(got[:, :3], expected[:, :3])
+    assert (expected[:, 3] > 0).any() and (got[:, 3] == 0).all()  # D: 10 of its 15 targets among the genes
+
+
+def test_a_network_with_a_k_that_would_cut_a_source_is_refused():
+    import pandas as pd
+
+    expression, genes, network = _network_case()
+    with pytest.raises(ValueError, match=r"k=50 would keep 50 of the 80 targets of 'B'.*pass k=None"):
+        get_aucell(expression, network, gene_names=genes, device="cpu", seed=3, verbose=False)
+    small = network[network["source"] != "B"]  # every source at most 50 targets: k changes nothing
+    np.testing.assert_array_equal(
+        get_aucell(pd.DataFrame(expression, columns=genes), small, device="cpu", seed=3, verbose=False),
+        get_aucell(expression, small, k=None, gene_names=genes, device="cpu", seed=3, verbose=False))
+
+
+def test_a_weights_dataframe_is_a_matrix_and_gene_names_are_for_networks():
+    import pandas as pd
+
+    expression, genes, _ = _network_case()
+    rng = np.random.default_rng(1)
+    weights = (rng.random((5, len(genes))) < 0.1) * rng.random((5, len(genes)))
+    frame = pd.DataFrame(weights, columns=genes, index=[f"r{i}" for i in range(5)])
+    np.testing.assert_array_equal(get_aucell(expression, frame, k=None, device="cpu", seed=2, verbose=False),
+                                  get_aucell(expression, weights, k=None, device="cpu", seed=2, verbose=False))
+    with pytest.raises(ValueError, match="gene_names is for a network"):
+        get_aucell(expression, weights, gene_names=genes, device="cpu", verbose=False)

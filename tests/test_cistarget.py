@@ -508,3 +508,138 @@ def test_column_names_select_pyscenics_columns_by_name(tmp_path):
                                                         "Annotation": "directly annotated"}
     assert annotations.get_annotation("m1", "KLF4")["Annotation"] == "by similarity"
     assert annotations.table.equals(MotifAnnotation.load_from_file(path).table)
+
+
+# ---------------------------------------------------------------- the CPU and GPU routes
+
+
+def single_module_case(seed: int):
+    """A random database with a planted module, and thresholds that leave some motifs enriched."""
+    rng = np.random.default_rng(seed)
+    n_motifs, n_genes = int(rng.integers(50, 300)), int(rng.integers(800, 3000))
+    module = rng.choice(n_genes, size=int(rng.integers(1, 300)), replace=False)
+    ranks = random_database(rng, n_motifs, n_genes, [(int(m), module[: max(1, len(module) // 2)])
+                                                      for m in rng.choice(n_motifs, 4, replace=False)])
+    weights = np.round(rng.uniform(0.1, 3.0, size=len(module)), 1)
+    rank_threshold = int(rng.integers(100, n_genes - 1))
+    auc_threshold = float(rng.uniform(0.5 / n_genes + 1e-9, rank_threshold / n_genes))
+    return ranks, module, weights, rank_threshold, auc_threshold
+
+
+def assert_same_result(got: dict, expected: dict, exact: bool):
+    assert got.keys() == expected.keys()
+    for key in expected:
+        a, b = got[key].cpu(), expected[key].cpu()
+        assert a.dtype == b.dtype and a.shape == b.shape, key
+        if exact or key not in ("aucs", "nes", "rccs"):
+            assert torch.equal(a, b) or (a.dtype.is_floating_point and np.array_equal(a, b, equal_nan=True)), key
+        else:
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(30, 36))
+def test_cpu_route_equals_the_torch_route(seed):
+    """The numpy CPU route of prune_single_module gives the torch (GPU) route's numbers,
+    run here on CPU tensors: bit for bit unweighted; weighted AUCs sum in another order."""
+    from flashscenic.cistarget import _prune_torch, rank_cutoff
+
+    ranks, module, weights, rank_threshold, auc_threshold = single_module_case(seed)
+    c = rank_cutoff(auc_threshold, ranks.shape[1], rank_threshold)
+    for w in (None, weights):
+        expected = _prune_torch(torch.from_numpy(ranks), torch.from_numpy(module),
+                                None if w is None else torch.from_numpy(w), c, rank_threshold, 2.0)
+        assert int(expected["enriched_mask"].sum()) > 0, "the planted motifs should be enriched"
+        got = prune_single_module(torch.from_numpy(ranks), module, rank_threshold, auc_threshold, 2.0, w)
+        assert_same_result(got, expected, exact=w is None)
+
+
+@pytest.mark.parametrize("seed", range(36, 40))
+def test_every_rankings_layout_and_type_gives_the_same_result(seed):
+    """Motif-major and gene-major arrays, tensors, a RankingDatabase; indices as a list or tensor."""
+    ranks, module, weights, rank_threshold, auc_threshold = single_module_case(seed)
+    gene_major = np.ascontiguousarray(ranks.T).T
+    inputs = [ranks, gene_major, torch.from_numpy(ranks), torch.from_numpy(gene_major),
+              RankingDatabase.from_array(ranks), ranks.astype(np.int32), ranks.astype(np.int64)]
+    for w in (None, weights):
+        expected = prune_single_module(ranks, module, rank_threshold, auc_threshold, 2.0, w)
+        for rankings in inputs:
+            for index in (module, module.tolist(), torch.from_numpy(module)):
+                got = prune_single_module(rankings, index, rank_threshold, auc_threshold, 2.0, w)
+                assert_same_result(got, expected, exact=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("seed", range(30, 33))
+def test_gpu_route_equals_the_cpu_route(seed):
+    ranks, module, weights, rank_threshold, auc_threshold = single_module_case(seed)
+    for w in (None, weights):
+        expected = prune_single_module(ranks, module, rank_threshold, auc_threshold, 2.0, w)
+        got = prune_single_module(torch.from_numpy(ranks).cuda(), module, rank_threshold, auc_threshold, 2.0, w)
+        assert got["nes"].device.type == "cuda"
+        assert_same_result(got, expected, exact=w is None)
+        curves, aucs = compute_recovery_aucs(torch.from_numpy(ranks).cuda(), module, rank_threshold, auc_threshold, w)
+        expected_curves, expected_aucs = compute_recovery_aucs(ranks, module, rank_threshold, auc_threshold, w)
+        assert curves.device.type == "cuda"
+        np.testing.assert_allclose(curves.cpu().numpy(), expected_curves.numpy(), rtol=0, atol=0 if w is None else 1e-9)
+        np.testing.assert_allclose(aucs.cpu().numpy(), expected_aucs.numpy(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_increments_in_one_pass_equal_two_passes(seed, monkeypatch):
+    """Counts and odd sums packed in one float64 bincount equal two separate bincounts (the
+    route taken where the packed sums could pass 2**53)."""
+    import flashscenic.cistarget as cistarget
+
+    rng = np.random.default_rng(seed)
+    n_genes, size = int(rng.integers(100, 4000)), int(rng.integers(1, 80))
+    block = np.sort(np.stack([rng.choice(n_genes, size=size, replace=False)
+                              for _ in range(int(rng.integers(1, 300)))], axis=1), axis=0).astype(np.int16)
+    rank_threshold = int(rng.integers(1, n_genes))
+    packed = cistarget._increments_np(block, rank_threshold)
+    monkeypatch.setattr(cistarget, "_FLOAT64_EXACT", 1.0)
+    separate = cistarget._increments_np(block, rank_threshold)
+    for a, b in zip(packed, separate):
+        assert a.dtype == b.dtype == np.int64
+        np.testing.assert_array_equal(a, b)
+    expected = (block < rank_threshold).sum(axis=0)  # gains per motif, from the counts by rank
+    assert packed[0].sum() == expected.sum()
+    assert packed[1].sum() == (expected**2).sum()  # rcc**2 at the last rank is the sum of (2k - 1)
+
+
+def test_pruner_prune_and_prune_batch_equal_prune_single_module(tmp_path):
+    setup = random_setup(5, tmp_path)
+    pruner = CisTargetPruner(rank_threshold=setup["rank_threshold"], auc_threshold=setup["auc_threshold"],
+                             nes_threshold=setup["nes_threshold"], device="cpu")
+    pruner.load_from_tensor(setup["ranks"], setup["motifs"], setup["genes"], name="db")
+    modules = [pruner.genes_to_indices(genes).numpy() for genes in setup["modules"]]
+    batch = pruner.prune_batch(modules)
+    for module, result in zip(modules, batch):
+        expected = prune_single_module(setup["ranks"], module, setup["rank_threshold"], setup["auc_threshold"],
+                                       setup["nes_threshold"])
+        assert_same_result(result, expected, exact=True)
+        assert_same_result(pruner.prune(module), expected, exact=True)
+    assert sum(int(r["enriched_mask"].sum()) for r in batch) > 0
+    # with annotations: only motifs annotated to some TF (prune_batch names none) keep their rows
+    pruner.load_annotations(setup["annotation_file"])
+    for module, result in zip(modules, pruner.prune_batch(modules)):
+        expected = filter_by_annotations(prune_single_module(
+            setup["ranks"], module, setup["rank_threshold"], setup["auc_threshold"], setup["nes_threshold"]),
+            setup["motifs"], pruner.motif_annotations)
+        assert_same_result(result, expected, exact=True)
+
+
+@pytest.mark.parametrize("rankings, index, message", [
+    (np.zeros((3, 10), dtype=np.float32), [1, 2], "rankings must be an integer motifs x genes matrix"),
+    (np.zeros((3, 10), dtype=bool), [1, 2], "rankings must be an integer motifs x genes matrix"),
+    (torch.zeros(3, 10, dtype=torch.bool), [1, 2], "rankings must be an integer motifs x genes matrix"),
+    (np.zeros(10, dtype=np.int16), [1, 2], "rankings must be an integer motifs x genes matrix"),
+    (np.zeros((3, 10), dtype=np.int16), [], "the module has no genes"),
+    (np.zeros((3, 10), dtype=np.int16), [1.0, 2.0], "module gene indices must be integers, got dtype float64"),
+    (np.zeros((3, 10), dtype=np.int16), [True, False], "module gene indices must be integers, got dtype bool"),
+    (np.zeros((3, 10), dtype=np.int16), [3, 10], r"module gene indices must lie in 0..9"),
+    (np.zeros((3, 10), dtype=np.int16), [-1, 3], r"module gene indices must lie in 0..9"),
+])
+def test_single_module_inputs_are_checked(rankings, index, message):
+    with pytest.raises(InputError, match=message):
+        prune_single_module(rankings, index, 5, 0.3)

@@ -36,7 +36,7 @@ from flashscenic.aucell import get_aucell
 from flashscenic.executors import InProcessExecutor
 from flashscenic.params import Params
 from flashscenic.pipeline import run_pipeline
-from flashscenic.stages import aucell_block, prepare_resources, tf_shards
+from flashscenic.stages import aucell_block, grn_task, prepare_resources, tf_shards
 from flashscenic.store import ingest_expression
 
 distributed = pytest.importorskip("distributed")
@@ -215,6 +215,103 @@ def test_distributed_equals_in_process(case, tmp_path, n_workers, chunks):
         _assert_same(results, case["reference"]["csr"])
     finally:
         executor.close()
+
+
+def test_the_embedded_cluster_starts_behind_the_run_and_a_lone_grn_runs_in_this_process(case, tmp_path,
+                                                                                          monkeypatch):
+    """The embedded CPU cluster starts in the background (the run ingests and trains meanwhile),
+    its single GRN task runs in the coordinator, every other stage on the workers, and the
+    result is the in-process run's, bit for bit."""
+    import flashscenic.pipeline as pipeline
+
+    ran_here = []
+
+    def grn_here(*args):
+        ran_here.append(os.getpid())
+        return grn_task(*args)
+
+    monkeypatch.setattr(pipeline, "grn_task", grn_here)  # a worker would run the real one, unpatched
+    params = case["params"].replace(grn_n_steps=3)
+    reference = run_pipeline(case["stores"]["csr"], tmp_path / "in-process", resources=case["resources"],
+                             params=params, executor=InProcessExecutor())
+    assert ran_here == [os.getpid()]
+    executor = start_executor(n_workers=2, dashboard_address=None, verbose=False)
+    assert executor.local_cpus and executor._starting is not None  # returned before the workers are up
+    try:
+        results = run_pipeline(case["stores"]["csr"], tmp_path / "embedded", resources=case["resources"],
+                               params=params, executor=executor)
+        assert ran_here == [os.getpid()] * 2
+        assert executor.n_workers == 2 and results.chunk_rows == executor.plan_chunk_cells(N_CELLS, N_GENES, 128)
+        _assert_same(results, _outputs(reference))
+        # A consensus's GRN runs are tasks of their own: they go to the workers.
+        results = run_pipeline(case["stores"]["csr"], tmp_path / "runs", resources=case["resources"],
+                               params=params.replace(grn_runs=2), executor=executor)
+        assert ran_here == [os.getpid()] * 2 and results.stages["grn"]["n_runs"] == 2
+    finally:
+        executor.close()
+
+
+def test_an_external_or_given_cluster_is_not_local(case):
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://", host="127.0.0.1",
+                      dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        for options in ({"client": client}, {"scheduler": cluster.scheduler_address, "wait_for_workers": 10}):
+            with start_executor(verbose=False, **options) as executor:
+                assert not executor.local_cpus and executor.n_workers == 1
+
+
+@pytest.mark.parametrize("limit", ["lots", -5, True])
+def test_a_bad_memory_limit_is_refused_before_the_cluster_starts(limit):
+    with pytest.raises(InputError, match=f"memory_limit must be 'auto'.*got {limit!r}"):
+        start_executor(n_workers=1, memory_limit=limit, dashboard_address=None)
+
+
+def test_a_cluster_that_fails_to_start_raises_at_first_use_and_closes_quietly(monkeypatch):
+    def broken(*args):
+        raise OSError("no port")
+
+    monkeypatch.setattr(engine, "_embedded_cluster", broken)
+    executor = start_executor(n_workers=1, dashboard_address=None, verbose=False)
+    with pytest.raises(OSError, match="no port"):
+        executor.slots
+    with pytest.raises(OSError, match="no port"):  # at every use, not only the first
+        with executor.stage("pruning"):  # a run meets it at its next stage
+            pass
+    executor.close()
+    failing = start_executor(n_workers=1, dashboard_address=None, verbose=False)
+    failing.close()  # never used: closing waits for the start and says nothing
+
+
+def test_closing_while_the_cluster_starts_closes_it_once_it_is_up(monkeypatch):
+    release, closed = threading.Event(), []
+
+    class FakeCluster:
+        def close(self):
+            closed.append("cluster")
+
+    class FakeClient:
+        def __init__(self, cluster, **options):
+            pass
+
+        def close(self):
+            closed.append("client")
+
+    def slow_start(*args):
+        release.wait(30)
+        return FakeCluster()
+
+    monkeypatch.setattr(engine, "_embedded_cluster", slow_start)
+    monkeypatch.setattr(distributed, "Client", FakeClient)
+    executor = start_executor(n_workers=1, dashboard_address=None, verbose=False)
+    closer = threading.Thread(target=executor.close)
+    closer.start()
+    time.sleep(0.3)
+    assert closer.is_alive() and closed == []  # close waits for the start ...
+    release.set()
+    closer.join(30)
+    assert not closer.is_alive() and sorted(closed) == ["client", "cluster"]  # ... and closes what it started
 
 
 def test_shards_split_whole_tfs_and_balance_work():

@@ -84,3 +84,27 @@ def test_nan_is_refused_not_taken_for_a_constant_gene(sparse):
     x[3, 2] = np.inf
     with pytest.raises(ValueError, match="201 NaN or infinite value\\(s\\)"):
         infer_grn(sp.csr_matrix(x) if sparse else x, genes, ["g0"], n_steps=5, device="cpu", verbose=False)
+
+
+def test_varying_genes_of_sparse_input_equal_the_dense_rule():
+    """Sparse input is checked from its stored values (no column-major copy): implicit and
+    explicit zeros, negative values and single cells all give the dense answer."""
+    import scipy.sparse as sp
+
+    from flashscenic.grn import _varying_genes
+
+    rng = np.random.default_rng(1)
+    for case in range(300):
+        n, g = rng.integers(1, 30), rng.integers(1, 12)
+        dense = rng.choice([-1.0, 0.0, 0.5, 2.0], size=(n, g), p=[0.1, 0.5, 0.2, 0.2]).astype(np.float32)
+        matrix = sp.csr_matrix(dense)
+        if case % 3 == 0:  # explicit zeros among the stored values
+            matrix.data[rng.random(matrix.data.size) < 0.3] = 0
+        dense = matrix.toarray()
+        np.testing.assert_array_equal(_varying_genes(matrix), dense.max(axis=0) > dense.min(axis=0))
+        np.testing.assert_array_equal(_varying_genes(matrix.tocsc()), _varying_genes(dense))
+    # a value stored twice (1 + 1 in cell 0, nothing in cell 1) is 2 against 0: the gene varies
+    duplicated = sp.csr_matrix((np.array([1.0, 1.0, 3.0, 3.0]), np.array([0, 0, 1, 1]), np.array([0, 3, 4])),
+                               shape=(2, 2))
+    assert not duplicated.has_canonical_format
+    np.testing.assert_array_equal(_varying_genes(duplicated), [True, False])

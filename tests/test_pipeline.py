@@ -196,6 +196,8 @@ def test_run_pipeline_equals_run_flashscenic(sim, store, tmp_path):
     stored = {r["name"]: r["genes"] for r in results.read_regulons()}
     assert stored == {r["name"]: list(r["genes"]) for r in expected["regulons"]}
     assert all(results.is_complete(s) for s in ("grn", "modules", "pruning", "auc", "rss"))
+    # every stage of the run is timed; an expression-store input is not ingested again
+    assert set(results.timings) == {"grn", "modules", "pruning", "auc", "rss", "report"}
     rss = results.read_table("rss").set_index("cell_type")
     assert list(rss.index) == sorted(set(data.cell_types)) and list(rss.columns) == expected["regulon_names"]
 

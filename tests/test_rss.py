@@ -36,8 +36,13 @@ def quiet(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
+@pytest.mark.parametrize("block_values", [None, 3 * 25])  # None: one block; else blocks of a few cells
 @pytest.mark.parametrize("case", range(12))
-def test_equals_pyscenic_on_random_inputs(case):
+def test_equals_pyscenic_on_random_inputs(case, block_values, monkeypatch):
+    import flashscenic.rss as rss_module
+
+    if block_values is not None:
+        monkeypatch.setattr(rss_module, "_BLOCK_VALUES", block_values)
     frame, labels = random_case(case)
     got = quiet(regulon_specificity_scores, frame, labels)
     assert list(got.index) == sorted(set(labels))  # sorted; pySCENIC keeps order of appearance
@@ -168,3 +173,57 @@ def test_rss_by_label_errors():
         rss_by_label(frame, other)
     with pytest.raises(InputError, match="as a DataFrame"):
         rss_by_label(frame.to_numpy(), labels)
+
+
+@pytest.mark.parametrize("unlabelled", [0, 7])
+def test_rss_of_a_results_store_equals_rss_by_label_read_by_blocks(tmp_path, monkeypatch, unlabelled):
+    """The run's RSS streams the AUC from the store in blocks: the same bits as in memory."""
+    import flashscenic.rss as rss_module
+    from flashscenic.rss import rss_of_store
+    from flashscenic.store import create_results_store
+
+    monkeypatch.setattr(rss_module, "_BLOCK_VALUES", 5 * 4)  # blocks of 5 cells: many, not aligned to chunks
+    rng = np.random.default_rng(unlabelled)
+    n_cells, names = 53, ["r1", "r2", "r3", "r4"]
+    auc = rng.random((n_cells, len(names))).astype(np.float32)
+    auc[rng.random(auc.shape) < 0.2] = 0
+    auc[:, 3] = 0  # a regulon that is never active: NaN column and a warning
+    cells = [f"c{i}" for i in range(n_cells)]
+    results = create_results_store(tmp_path / "r.zarr", cell_names=cells, chunk_rows=8)
+    results.init_auc(names)
+    for i, (a, b) in enumerate(results.auc_chunk_ranges()):
+        results.write_auc_chunk(i, auc[a:b])
+    labels = pd.Series(rng.choice(["T", "B", "NK"], n_cells).astype(object), index=cells, name="cell_type")
+    labels.iloc[rng.choice(n_cells, unlabelled, replace=False)] = None
+    with pytest.warns(RuntimeWarning, match="AUC 0 in every cell"):
+        streamed = rss_of_store(results, labels)
+    with pytest.warns(RuntimeWarning, match="AUC 0 in every cell"):
+        whole = rss_by_label(results.read_auc(as_frame=True), labels)
+    pd.testing.assert_frame_equal(streamed, whole, check_exact=True)
+    assert streamed.index.name == "cell_type" and list(streamed.columns) == names
+    assert streamed["r4"].isna().all() and streamed[["r1", "r2", "r3"]].notna().all().all()
+
+
+def test_a_bad_value_in_the_store_is_named_by_its_cell_labelled_or_not(tmp_path, monkeypatch):
+    import flashscenic.rss as rss_module
+    from flashscenic.rss import rss_of_store
+    from flashscenic.store import create_results_store
+
+    monkeypatch.setattr(rss_module, "_BLOCK_VALUES", 4 * 2)  # blocks of 4 cells
+    auc = np.ones((10, 2), dtype=np.float32)
+    auc[7, 1] = np.nan
+    cells = [f"c{i}" for i in range(10)]
+    results = create_results_store(tmp_path / "r.zarr", cell_names=cells, chunk_rows=3)
+    results.init_auc(["a", "b"])
+    for i, (a, b) in enumerate(results.auc_chunk_ranges()):
+        results.write_auc_chunk(i, auc[a:b])
+    labels = pd.Series(["T"] * 10, index=cells, dtype=object, name="cell_type")
+    labels.iloc[5] = None  # an unlabelled cell before the bad one: the index stays the store's
+    with pytest.raises(ValueError, match=r"AUC of .*r\.zarr has 1 NaN or infinite value\(s\), first at cell 7, "
+                                         r"regulon 1"):
+        rss_of_store(results, labels)
+    labels.iloc[7] = None  # unlabelled, still refused, as rss_by_label refuses it
+    with pytest.raises(ValueError, match="first at cell 7"):
+        rss_of_store(results, labels)
+    with pytest.raises(ValueError, match="first at cell 7"):
+        rss_by_label(results.read_auc(as_frame=True), labels)

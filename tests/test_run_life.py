@@ -155,9 +155,12 @@ def test_resume_of_a_finished_run_recomputes_nothing_and_a_seed_of_none_takes_th
     seed = first.parameters["params"]["seed"]
     assert isinstance(seed, int)
     stamps = {s: v["at"] for s, v in first.stages.items()}
+    timings = first.timings
+    assert {"ingest", "grn", "auc", "rss"} <= set(timings) and "report" not in timings  # the h5ad was ingested
     again = run(files, out, params=params(files).replace(seed=None), resume=True)
     assert {s: v["at"] for s, v in again.stages.items()} == stamps
     assert again.parameters["params"]["seed"] == seed
+    assert again.timings == timings  # nothing ingested or reported again
 
 
 KILLER = """

@@ -328,6 +328,20 @@ def test_sampling_is_reproducible(csr_store):
     assert csr_store.sample_cells(10**6).size == N_CELLS
 
 
+@pytest.mark.parametrize("layout", ["dense", "csr"])
+def test_read_cells_in_either_layout_and_kind(tmp_path, layout):
+    x = make_counts()
+    store = ingest_expression(x, tmp_path / "s.zarr", gene_names=gene_names(), cell_names=cell_names(),
+                              chunk_rows=32, layout=layout, verbose=False)
+    positions = np.array([0, 5, 31, 32, 33, 100, 191, N_CELLS - 1])
+    for kind in ("dense", "csr"):
+        rows = store.read_cells(positions, kind)
+        assert rows.dtype == np.float32 and rows.shape == (positions.size, N_GENES)
+        assert sp.isspmatrix_csr(rows) if kind == "csr" else isinstance(rows, np.ndarray)
+        np.testing.assert_array_equal(rows.toarray() if kind == "csr" else rows, x[positions])
+        assert store.read_cells(positions[:0], kind).shape == (0, N_GENES)
+
+
 def test_store_pickles_small(csr_store):
     csr_store.read_rows(0, 10)
     blob = pickle.dumps(csr_store)
@@ -691,3 +705,12 @@ def test_ingest_command(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("flashscenic: error: ") and "already exists" in err[0]
     assert run_cli(["ingest", str(tmp_path / "nope.h5ad"), str(tmp_path / "t.zarr")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_results_store_without_an_expression_store_has_bounded_auc_chunks(tmp_path):
+    from flashscenic.store.results import DEFAULT_AUC_CHUNK_ROWS
+
+    cells = [f"c{i}" for i in range(DEFAULT_AUC_CHUNK_ROWS + 10)]
+    big = create_results_store(tmp_path / "big.zarr", cell_names=cells)
+    assert big.chunk_rows == DEFAULT_AUC_CHUNK_ROWS and len(big.auc_chunk_ranges()) == 2
+    assert create_results_store(tmp_path / "small.zarr", cell_names=cells[:7]).chunk_rows == 7

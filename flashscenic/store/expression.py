@@ -681,16 +681,21 @@ class ExpressionStore:
         if positions.ndim != 1 or (positions.size and (positions[0] < 0 or positions[-1] >= self.n_cells
                                                        or (np.diff(positions) <= 0).any())):
             raise InputError(f"positions must be sorted distinct cell positions in [0, {self.n_cells})")
+        # Chunk by chunk, each part converted as it is read: a dense store's rows never go
+        # through CSR unless CSR is asked for, and no whole copy in the other kind is made.
+        own = "dense" if self.layout == "dense" else "csr"
         parts = []
         for start, stop in self.chunk_ranges():
             inside = positions[(positions >= start) & (positions < stop)]
             if inside.size:
-                parts.append(self.read_rows(start, stop, "csr")[inside - start])
+                part = self.read_rows(start, stop, own)[inside - start]
+                parts.append(part if own == kind else sp.csr_matrix(part) if kind == "csr" else part.toarray())
         if not parts:
             empty = sp.csr_matrix((0, self.n_genes), dtype=np.float32)
             return empty if kind == "csr" else empty.toarray()
-        block = sp.vstack(parts, format="csr")
-        return block if kind == "csr" else block.toarray()
+        if kind == "dense":
+            return np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return sp.vstack(parts, format="csr")
 
     def sample(self, n: int, seed: int = 0, kind: Kind = "dense"):
         """``(positions, rows)``: a reproducible sample of ``n`` cells (see ``sample_cells``)."""

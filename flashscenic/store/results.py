@@ -60,6 +60,9 @@ _TABLES = "tables"
 _REGULON_COLUMNS = ("name", "tf", "type", "genes", "weights", "score", "motifs")
 
 
+DEFAULT_AUC_CHUNK_ROWS = 65_536  # cells per AUC chunk without an expression store (200 regulons: 52 MB)
+
+
 def create_results_store(
     path: str | os.PathLike,
     *,
@@ -94,8 +97,8 @@ def create_results_store(
     cells = _names(cell_names, "cell_names")
     if len(cells) == 0:
         raise InputError("cell_names is empty; a results store needs at least one cell")
-    if chunk_rows is None:
-        chunk_rows = len(cells)
+    if chunk_rows is None:  # bounded, so that no reader of an atlas's AUC decompresses it whole
+        chunk_rows = min(len(cells), DEFAULT_AUC_CHUNK_ROWS)
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
         raise InputError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
     try:
@@ -453,19 +456,26 @@ class ResultsStore:
 
     # AUC -----------------------------------------------------------------------------
 
-    def init_auc(self, regulon_names: Sequence[str], overwrite: bool = False) -> None:
+    def init_auc(self, regulon_names: Sequence[str], overwrite: bool = False, chunk_rows: int | None = None) -> None:
         """Create the empty cells x regulons AUC array and its per-chunk completion flags.
 
         Re-initialising with the same regulons keeps what is written (for resuming); other
         regulons, or ``overwrite=True``, start afresh, and the stages derived from the AUC
-        (auc, rss) are no longer complete.
+        (auc, rss) are no longer complete. ``chunk_rows``: cells per AUC chunk of a new array
+        (default: the store's ``chunk_rows``), chosen when the workers are known.
         """
         names = list(_names(regulon_names, "regulon_names"))
+        if chunk_rows is not None and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer))
+                                       or chunk_rows < 1):
+            raise InputError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
         group = self._writable()
         if "auc" in group and not overwrite:
             if list(group["auc"].attrs.get("regulons", [])) == names:
                 return
             logger.info("regulons changed: the AUC of %s starts afresh", self.path)
+        if chunk_rows is not None:
+            self.chunk_rows = int(min(chunk_rows, max(1, self.n_cells)))
+            group.attrs["chunk_rows"] = self.chunk_rows
         n_chunks = len(self.auc_chunk_ranges())
         array = group.create_array("auc", shape=(self.n_cells, len(names)), chunks=(self.chunk_rows, max(1, len(names))),
                                    dtype="float32", compressors=_codecs("values"), fill_value=0.0, overwrite=True)
@@ -475,6 +485,11 @@ class ResultsStore:
         stages.pop("auc", None)
         stages.pop("rss", None)  # computed from the old AUC
         group.attrs["stages"] = stages
+
+    def has_auc(self, regulon_names: Sequence[str]) -> bool:
+        """Whether an AUC array of these regulons exists (``init_auc`` keeps it and its chunks)."""
+        group = zarr.open_group(self.path, mode="r")
+        return "auc" in group and list(group["auc"].attrs.get("regulons", [])) == list(regulon_names)
 
     @property
     def regulon_names(self) -> list[str]:
@@ -536,6 +551,20 @@ class ResultsStore:
         for index, (start, stop) in enumerate(self.auc_chunk_ranges()):
             self.write_auc_chunk(index, auc[start:stop])
         self.finish_auc()
+
+    def read_auc_rows(self, start: int, stop: int) -> np.ndarray:
+        """AUC rows [start, stop) (float32); refused like ``read_auc`` while chunks are missing."""
+        return self.auc_reader()(start, stop)
+
+    def auc_reader(self):
+        """``read(start, stop)`` -> AUC rows (float32), for many reads (a scan of an atlas):
+        the completeness is checked and the array opened once."""
+        array = self._auc()
+        missing = self.missing_auc_chunks()
+        if missing:
+            raise IncompleteStageError(f"the AUC of {self.path} is incomplete: {len(missing)} of "
+                                       f"{len(self.auc_chunk_ranges())} chunk(s) are not written yet; {_RESUME}")
+        return lambda start, stop: np.asarray(array[int(start):int(stop)])
 
     def read_auc(self, as_frame: bool = False):
         """The AUC (cells x regulons float32), or a DataFrame indexed by cell with regulon columns.
