@@ -8,6 +8,8 @@ import os
 import platform
 import re
 import resource
+import shlex
+import sys
 from pathlib import Path
 
 
@@ -22,6 +24,22 @@ def machine() -> dict:
     ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": ram_gib, "python": platform.python_version(),
             "load": os.getloadavg()[0]}
+
+
+def command_line() -> str:
+    """This script's command line as a user would type it (the python relative to here when it is below)."""
+    python = os.path.relpath(sys.executable)
+    return shlex.join([sys.executable if python.startswith("..") else python, *sys.argv])
+
+
+def optional_python(path: str | None, flag: str, skipped: str) -> str | None:
+    """The python of a reference venv given as ``flag``, or None (saying that ``skipped`` will not run)."""
+    if path and not Path(path).exists():
+        print(f"{flag} {path} not found: skipping {skipped}")
+        return None
+    if not path:
+        print(f"no {flag}: skipping {skipped}")
+    return path or None
 
 
 def write_section(path: Path, section: str) -> None:

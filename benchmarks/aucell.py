@@ -32,7 +32,6 @@ import argparse
 import datetime
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import machine, write_section
+from _common import command_line, machine, optional_python, write_section
 import scipy.sparse as sp
 
 HERE = Path(__file__).resolve().parent
@@ -276,21 +275,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="markdown file whose '## AUCell' section to write or replace")
     args = parser.parse_args()
 
-    ref_python = args.ref_python
-    if ref_python and not Path(ref_python).exists():
-        print(f"reference python {ref_python} not found: skipping pySCENIC and flashscenic 0.2.0")
-        ref_python = None
-    elif not ref_python:
-        print("no --ref-python: skipping pySCENIC and flashscenic 0.2.0")
-    rust_python = args.rustscenic_python
-    if rust_python and not Path(rust_python).exists():
-        print(f"rustscenic python {rust_python} not found: skipping rustscenic")
-        rust_python = None
-    elif not rust_python:
-        print("no --rustscenic-python: skipping rustscenic")
+    ref_python = optional_python(args.ref_python, "--ref-python", "pySCENIC and flashscenic 0.2.0")
+    rust_python = optional_python(args.rustscenic_python, "--rustscenic-python", "rustscenic")
 
-    python = os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..") else sys.executable
-    command = shlex.join([python, *sys.argv])
+    command = command_line()
     (HERE / "_work").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=HERE / "_work") as tmp:
         sizes = QUICK if args.quick else FULL

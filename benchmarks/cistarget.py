@@ -36,7 +36,6 @@ import argparse
 import datetime
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import machine, write_section
+from _common import command_line, machine, optional_python, write_section
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
@@ -400,15 +399,9 @@ def main() -> None:
         parser.error(f"--before {str(args.before)!r} holds no flashscenic package (no flashscenic/__init__.py)")
     before_label = args.before_label or str(args.before)
 
-    ref_python = args.ref_python
-    if ref_python and not Path(ref_python).exists():
-        print(f"reference python {ref_python} not found: skipping pySCENIC and ctxcore")
-        ref_python = None
-    elif not ref_python:
-        print("no --ref-python: skipping pySCENIC and ctxcore")
+    ref_python = optional_python(args.ref_python, "--ref-python", "pySCENIC and ctxcore")
 
-    python = os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..") else sys.executable
-    command = shlex.join([python, *sys.argv])
+    command = command_line()
     (HERE / "_work").mkdir(exist_ok=True)
     info = machine()
     rows, read, versions, summary = [], [], {}, []

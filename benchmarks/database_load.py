@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -36,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import machine, reset_peak_rss, status_mib, write_section
+from _common import command_line, machine, reset_peak_rss, status_mib, write_section
 
 HERE = Path(__file__).resolve().parent
 FULL = (5_876, 27_015)
@@ -181,8 +179,7 @@ def main() -> None:
         child(args)
         return
 
-    python = os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..") else sys.executable
-    command = shlex.join([python, *sys.argv])
+    command = command_line()
     shape = QUICK if args.quick else FULL
     found = versions()
     use_ctxcore = "ctxcore" in found and not args.no_ctxcore

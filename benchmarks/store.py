@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -36,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import machine, reset_peak_rss, status_mib, write_section
+from _common import command_line, machine, reset_peak_rss, status_mib, write_section
 
 HERE = Path(__file__).resolve().parent
 SEED = 0
@@ -246,8 +244,7 @@ def main() -> None:
         print(json.dumps(child(args.child, args.h5ad, args.store)))
         return
 
-    python = os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..") else sys.executable
-    command = shlex.join([python, *sys.argv])
+    command = command_line()
     shape = QUICK if args.quick else MEDIUM if args.medium else FULL
     (HERE / "_work").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=HERE / "_work") as tmp:

@@ -172,14 +172,7 @@ def test_weighted_recovery_equals_pyscenic(seed, tmp_path):
 def test_single_module_kernels_equal_ctxcore(seed):
     """AUC, NES, enriched set, rank-at-max and leading edge of prune_single_module and
     compute_recovery_aucs, weighted and not, against ctxcore's public functions."""
-    rng = np.random.default_rng(seed)
-    n_motifs, n_genes = int(rng.integers(50, 400)), int(rng.integers(800, 3000))
-    module = rng.choice(n_genes, size=int(rng.integers(1, 300)), replace=False)
-    ranks = random_database(rng, n_motifs, n_genes, [(int(m), module[: max(1, len(module) // 2)])
-                                                      for m in rng.choice(n_motifs, 4, replace=False)])
-    weights = np.round(rng.uniform(0.1, 3.0, size=len(module)), 1)
-    rank_threshold = int(rng.integers(100, n_genes - 1))
-    auc_threshold = float(rng.uniform(0.5 / n_genes + 1e-9, rank_threshold / n_genes))
+    ranks, module, weights, rank_threshold, auc_threshold = single_module_case(seed, max_motifs=400)
     nes_threshold = 2.0
     for weighted in (False, True):
         expected = ctxcore_module(ranks, module, weights, rank_threshold=rank_threshold, auc_threshold=auc_threshold,
@@ -196,7 +189,7 @@ def test_single_module_kernels_equal_ctxcore(seed):
         curves, aucs = compute_recovery_aucs(ranks, module, rank_threshold, auc_threshold,
                                              weights if weighted else None)
         np.testing.assert_allclose(aucs.numpy(), expected["aucs"], rtol=0, atol=1e-12)
-        assert curves.shape == (n_motifs, rank_threshold)
+        assert curves.shape == (ranks.shape[0], rank_threshold)
 
 
 def test_batch_of_modules_in_one_product_equals_one_by_one(tmp_path):
@@ -513,10 +506,10 @@ def test_column_names_select_pyscenics_columns_by_name(tmp_path):
 # ---------------------------------------------------------------- the CPU and GPU routes
 
 
-def single_module_case(seed: int):
+def single_module_case(seed: int, max_motifs: int = 300):
     """A random database with a planted module, and thresholds that leave some motifs enriched."""
     rng = np.random.default_rng(seed)
-    n_motifs, n_genes = int(rng.integers(50, 300)), int(rng.integers(800, 3000))
+    n_motifs, n_genes = int(rng.integers(50, max_motifs)), int(rng.integers(800, 3000))
     module = rng.choice(n_genes, size=int(rng.integers(1, 300)), replace=False)
     ranks = random_database(rng, n_motifs, n_genes, [(int(m), module[: max(1, len(module) // 2)])
                                                       for m in rng.choice(n_motifs, 4, replace=False)])

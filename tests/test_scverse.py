@@ -25,6 +25,7 @@ from flashscenic.regulons import (network_for_aucell, network_to_adjacency, netw
 from flashscenic.scverse import regulon_activity, regulons_from_anndata, scenic
 from flashscenic.simulate import simulate_dataset
 from pyscenic_oracle import _aucell_api, numpy_global_random_state
+from test_pipeline import planted_adjacencies, resource_args
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(n_cells=300, n_genes=200, n_tfs=4, n_decoy_tfs=2, n_cell_types=3, targets_per_tf=25,
@@ -37,9 +38,7 @@ RUN = dict(device="cpu", seed=0, verbose=False)
 def sim(tmp_path_factory):
     data = simulate_dataset(**SMALL, seed=3)
     paths = data.write_resources(tmp_path_factory.mktemp("resources"))
-    resources = dict(tf_list_path=str(paths["tf_list"]), ranking_db_paths=[str(paths["ranking_db"])],
-                     motif_annotation_path=str(paths["motif_annotation"]))
-    return data, resources
+    return data, resource_args(paths)
 
 
 def make_adata(data, sparse: bool = False) -> anndata.AnnData:
@@ -47,17 +46,6 @@ def make_adata(data, sparse: bool = False) -> anndata.AnnData:
                        index=[f"cell{i}" for i in range(len(data.cell_types))])
     matrix = sp.csr_matrix(data.expression) if sparse else data.expression.copy()
     return anndata.AnnData(matrix, obs=obs, var=pd.DataFrame(index=list(data.gene_names)))
-
-
-def planted_adjacencies(data) -> pd.DataFrame:
-    """The planted edges (importance 2-4) and weak edges of every TF: pruning keeps the planted regulons."""
-    rng = np.random.default_rng(0)
-    genes = list(data.gene_names)
-    rows = [(tf, genes[j], 2.0 + 2.0 * float(w)) for tf, weights in zip(data.planted_tfs, data.regulon_weights)
-            for j, w in enumerate(weights) if w > 0]
-    for tf in [t for t in data.tf_names if t in set(genes)]:
-        rows += [(tf, genes[j], float(rng.uniform(0.1, 1.5))) for j in rng.choice(len(genes), 25, replace=False)]
-    return pd.DataFrame(rows, columns=["TF", "target", "importance"]).drop_duplicates(["TF", "target"])
 
 
 # ----------------------------------------------------------------------------- the signature
