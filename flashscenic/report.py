@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 
 from ._utils import atomic_path
-from .errors import IncompleteStageError, InputError, MissingFileError
+from .errors import InputError, MissingFileError
 from .rss import default_label_column
 from .store import ResultsStore, open_expression_store, open_results_store
 
@@ -169,7 +169,7 @@ def write_report(
                          f"e.g. {target / 'report.html'}")
     if not target.parent.exists():
         raise MissingFileError(f"the folder {target.parent} of the report does not exist; create it first")
-    _check_auc(store)
+    read = store.auc_reader()  # refuses a store without a complete AUC before any work
 
     start = time.perf_counter()
     stored = _stored_rss(store) if cell_types is None else None
@@ -177,7 +177,7 @@ def write_report(
         stored = None  # the caller asks for another grouping than the run's
     labels = _cell_labels(store, cell_types, stored[0] if stored is not None else cell_type_column)
     grouping = labels if labels is not None and labels.order else None  # None: no cell has a label
-    auc = _scan(store, grouping)
+    auc = _scan(store, grouping, read)
     rss = None
     if grouping is not None and auc.names:
         rss = stored[1] if stored is not None else _computed_rss(store, grouping)
@@ -204,29 +204,16 @@ def write_report(
 # --- the AUC, read once -------------------------------------------------------------------
 
 
-def _check_auc(store: ResultsStore) -> None:
-    """Refuse a store without a complete AUC, as ``ResultsStore.read_auc`` does, before any work."""
-    store.regulon_names  # InputError when the run has no AUC yet
-    missing = store.missing_auc_chunks()
-    if missing:
-        raise IncompleteStageError(f"the AUC of {store.path} is incomplete: {len(missing)} of "
-                                   f"{len(store.auc_chunk_ranges())} chunk(s) are not written yet; resume the run")
-
-
-def _auc_blocks(store: ResultsStore) -> Iterator[tuple[int, np.ndarray]]:
+def _auc_blocks(store: ResultsStore, read) -> Iterator[tuple[int, np.ndarray]]:
     """The AUC in blocks (first row, rows) of at most ``_BLOCK_VALUES`` values, each within one chunk.
 
-    Bounded whatever the chunking: a store imported from pySCENIC is one chunk of all cells.
-    Read from the zarr array directly: ``_check_auc`` checked the chunks once, where
-    ``read_auc_rows`` checks all of them on every call.
+    Bounded whatever the chunking: a store imported from pySCENIC may be one chunk of all
+    cells. ``read``: the store's ``auc_reader()`` (its completeness checked once).
     """
-    import zarr
-
-    array = zarr.open_array(store.path / "auc", mode="r")
-    step = max(1, _BLOCK_VALUES // max(1, array.shape[1]))
+    step = max(1, _BLOCK_VALUES // max(1, len(store.regulon_names)))
     for start, stop in store.auc_chunk_ranges():
         for first in range(start, stop, step):
-            yield first, np.asarray(array[first:min(first + step, stop)])
+            yield first, read(first, min(first + step, stop))
 
 
 def _subsample(n_cells: int) -> np.ndarray:
@@ -236,8 +223,9 @@ def _subsample(n_cells: int) -> np.ndarray:
     return np.sort(np.random.default_rng(_SEED).choice(n_cells, size=_SAMPLE_CELLS, replace=False))
 
 
-def _scan(store: ResultsStore, labels: _Labels | None) -> _Auc:
-    """Sum the AUC per cell type and keep the subsample's rows, in one pass over its blocks."""
+def _scan(store: ResultsStore, labels: _Labels | None, read=None) -> _Auc:
+    """Sum the AUC per cell type and keep the subsample's rows, in one pass over its blocks
+    (``read``: the store's ``auc_reader()``, made here when not given)."""
     import scipy.sparse as sp
 
     names = store.regulon_names
@@ -247,7 +235,7 @@ def _scan(store: ResultsStore, labels: _Labels | None) -> _Auc:
     sums = np.zeros((n_types, len(names)))
     counts = np.zeros(n_types, dtype=np.int64)
     sample = np.empty((rows.size, len(names)), dtype=np.float32)
-    for start, block in _auc_blocks(store):
+    for start, block in _auc_blocks(store, read or store.auc_reader()):
         stop = start + block.shape[0]
         if labels is not None:
             codes = labels.codes[start:stop]

@@ -682,11 +682,12 @@ def test_the_auc_is_read_in_bounded_blocks_whatever_the_chunking(tmp_path, monke
         return Spy(array) if Path(path).name == "auc" else array
 
     monkeypatch.setattr(zarr, "open_array", open_array)
+    read = store.auc_reader()  # as write_report does: the completeness checked once, before the scan
     monkeypatch.setattr(ResultsStore, "missing_auc_chunks", lambda self: checks.append(1) or [])
     monkeypatch.setattr(report, "_BLOCK_VALUES", 100)  # 11 rows of 9 regulons
-    sliced = report._scan(store, labels)
+    sliced = report._scan(store, labels, read)
     assert reads and max(reads) <= 100 and sum(reads) == values.size and len(reads) == 9
-    assert not checks  # completeness is checked once, by write_report, not per block
+    assert not checks  # completeness is checked once, by the reader, not per block
     assert np.array_equal(sliced.sums, whole.sums) and np.array_equal(sliced.counts, whole.counts)
     assert np.array_equal(sliced.sample, values) and np.array_equal(sliced.sample, whole.sample)
 
@@ -731,3 +732,14 @@ def test_more_regulons_than_heatmap_rows_without_labels_shows_the_most_often_on(
     assert rows == list(ranked.index[:4]) and columns == ["all cells"]
     assert np.array_equal(values[:, 0], ranked.to_numpy()[:4])
     assert "(the 4 regulons most often on, of 9); the cells have no labels" in text
+
+
+def test_an_incomplete_auc_is_refused_before_anything_is_written(tmp_path):
+    from flashscenic.errors import IncompleteStageError
+
+    store = create_results_store(tmp_path / "results.zarr", cell_names=[f"c{i}" for i in range(30)], chunk_rows=10)
+    store.init_auc(["A(+)", "B(+)"])
+    store.write_auc_chunk(0, np.ones((10, 2), dtype=np.float32))  # 2 of 3 chunks missing
+    with pytest.raises(IncompleteStageError, match=r"2 of 3 chunk\(s\) are not written yet.*--resume"):
+        write_report(store, tmp_path / "r.html")
+    assert not (tmp_path / "r.html").exists()

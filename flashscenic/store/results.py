@@ -552,10 +552,6 @@ class ResultsStore:
             self.write_auc_chunk(index, auc[start:stop])
         self.finish_auc()
 
-    def read_auc_rows(self, start: int, stop: int) -> np.ndarray:
-        """AUC rows [start, stop) (float32); refused like ``read_auc`` while chunks are missing."""
-        return self.auc_reader()(start, stop)
-
     def auc_reader(self):
         """``read(start, stop)`` -> AUC rows (float32), for many reads (a scan of an atlas):
         the completeness is checked and the array opened once."""
@@ -571,12 +567,7 @@ class ResultsStore:
 
         Refused (``IncompleteStageError``) while any chunk is missing: unwritten rows would read as 0.
         """
-        array = self._auc()
-        missing = self.missing_auc_chunks()
-        if missing:
-            raise IncompleteStageError(f"the AUC of {self.path} is incomplete: {len(missing)} of "
-                                       f"{len(self.auc_chunk_ranges())} chunk(s) are not written yet; {_RESUME}")
-        values = np.asarray(array[...])
+        values = self.auc_reader()(0, self.n_cells)
         if not as_frame:
             return values
         return pd.DataFrame(values, index=pd.Index(self.cell_names, name="Cell"),
