@@ -155,16 +155,17 @@ def get_aucell(
     # Weights in float64 so the result matches pySCENIC's float64 arithmetic to ~1e-12.
     norm = (c + 1) * weights.sum(axis=1)
     norm[norm == 0] = 1.0  # an empty regulon scores 0, not NaN
-    weights_t = torch.from_numpy(np.ascontiguousarray((weights / norm[:, None]).T)).to(dev)
-    if ties == "pyscenic":
-        tie_order = _TieOrder(np.random.RandomState(seed).permutation(n_genes), dev)
-        if dev.type == "cpu":
-            score = None
-            _score_on_cpu(expr, tie_order, c, weights / norm[:, None], batch_size, out, verbose)
-        else:
+    scaled = weights / norm[:, None]
+    tie_order = _TieOrder(np.random.RandomState(seed).permutation(n_genes), dev) if ties == "pyscenic" else None
+    if tie_order is not None and dev.type == "cpu":
+        score = None
+        _score_on_cpu(expr, tie_order, c, scaled, batch_size, out, verbose)
+    else:  # torch, with the genes x regulons weights on the device
+        weights_t = torch.from_numpy(np.ascontiguousarray(scaled.T)).to(dev)
+        if tie_order is not None:
             score = lambda x: _rank_product(tie_order.top_genes(x, c), n_genes, weights_t)  # noqa: E731
-    else:
-        score = lambda x: _average_scores(x, c) @ weights_t  # noqa: E731
+        else:
+            score = lambda x: _average_scores(x, c) @ weights_t  # noqa: E731
 
     if score is not None:
         starts = range(0, n_cells, batch_size)

@@ -457,7 +457,7 @@ def run_pipeline(
                                   "run_id": uuid.uuid4().hex})
         if source.store is None and "ingest" not in results.timings:  # a file or AnnData was ingested
             results.record_timing("ingest", ingest_seconds)
-        release_freed_memory()
+        release_freed_memory()  # and what making the results store freed (the cell names of an atlas)
         _stages(results, store, tf_names, params, resources, adjacency_table, executor, n_prune_shards,
                 chunk_cells)
         if started:
