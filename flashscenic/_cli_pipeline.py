@@ -112,7 +112,8 @@ def _add_run(commands, common) -> None:
         description="Run SCENIC on INPUT (h5ad, AnnData zarr, loom, CSV/TSV, or an expression store) into the run "
         "folder DIR: DIR/expression.zarr (unless INPUT is a store), DIR/results.zarr (weights, motifs, regulons, "
         "AUC, RSS, timings, parameters) and DIR/report.html. Pruning and AUCell run as tasks on a Dask cluster "
-        "(embedded, or an existing one) or in this process with --n-workers 0. A folder that holds a run is "
+        "(embedded, or an existing one) or in this process with --n-workers 0; the GRN of a single run trains in "
+        "this process when the embedded cluster's workers are this machine's CPUs, else on a worker. A folder that holds a run is "
         "refused unless --resume (continue it with the same settings; anything changed is named) or --overwrite "
         "(replace it; the old run stays until the new one succeeds). DIR is locked while a run writes it.",
     )
