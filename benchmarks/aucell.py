@@ -21,9 +21,9 @@ Why it is built this way:
 * pySCENIC runs once (it is slow), as does 0.2.0; ours and rustscenic are best of
   ``--repeats``.
 * pySCENIC's result is also the correctness check: with the same seed ours must match it
-  to float32 rounding (~1e-7), which the table shows. On the sparse case it runs on the
-  first ``SPARSE_CHECK_CELLS`` cells only (all 100,000 would take minutes and gigabytes);
-  every row's difference is taken on those cells.
+  to float32 rounding (~1e-7), which the table shows. On the CSR cases it runs on the
+  first ``CHECK_CELLS`` cells only (all of them would take minutes and gigabytes); every
+  row's difference is taken on those cells.
 """
 
 from __future__ import annotations
@@ -48,10 +48,12 @@ SEED = 0
 AUC_THRESHOLD = 0.05
 
 # (cells, genes, regulons, smallest regulon, largest regulon)
-FULL = {"dense": (12_000, 2_000, 200, 10, 300), "sparse": (100_000, 2_000, 200, 10, 300)}
-QUICK = {"dense": (400, 300, 20, 10, 60), "sparse": (1_000, 300, 20, 10, 60)}
+FULL = {"dense": (12_000, 2_000, 200, 10, 300), "sparse": (100_000, 2_000, 200, 10, 300),
+        "atlas": (30_000, 20_000, 300, 10, 500)}
+QUICK = {"dense": (400, 300, 20, 10, 60), "sparse": (1_000, 300, 20, 10, 60), "atlas": (500, 3_000, 20, 10, 60)}
 SPARSE_DENSITY = 0.10
-SPARSE_CHECK_CELLS = 10_000  # pySCENIC's check on the sparse case: its first cells
+# pySCENIC's check on a sparse case: its first cells (all of them would take minutes and gigabytes)
+CHECK_CELLS = {"sparse": 10_000, "atlas": 2_000}
 
 
 def make_regulons(rng, n_genes, n_regulons, smallest, largest) -> np.ndarray:
@@ -87,6 +89,26 @@ def make_sparse(n_cells, n_genes, n_regulons, smallest, largest, chunk=10_000):
         values = np.zeros((rows, n_genes), dtype=np.float32)
         values[mask] = np.log1p(1 + rng.negative_binomial(1.5, 0.3, size=int(mask.sum())))
         blocks.append(sp.csr_matrix(values))
+    return sp.vstack(blocks, format="csr"), make_regulons(rng, n_genes, n_regulons, smallest, largest)
+
+
+def make_atlas(n_cells, n_genes, n_regulons, smallest, largest, chunk=2_000):
+    """CSR as a droplet atlas holds it: each gene detected at its own rate (log-normal), each
+    cell at its own depth, so a cell stores 2-9% of the genes (about 1,200 of 20,000, often
+    fewer than the 999 that count); values log1p(count / total * 10,000), float32.
+    """
+    rng = np.random.default_rng(SEED + 2)
+    rate = np.minimum(rng.lognormal(-3.5, 1.2, n_genes), 1.0)
+    rate *= 0.06 / rate.mean()
+    blocks = []
+    for start in range(0, n_cells, chunk):
+        rows = min(chunk, n_cells - start)
+        depth = rng.uniform(0.35, 1.5, size=(rows, 1))
+        mask = rng.random((rows, n_genes), dtype=np.float32) < np.minimum(rate * depth, 1.0)
+        counts = np.zeros((rows, n_genes), dtype=np.float32)
+        counts[mask] = 1 + rng.negative_binomial(0.8, 0.4, size=int(mask.sum()))
+        counts = np.log1p(counts / counts.sum(axis=1, keepdims=True) * 1e4)
+        blocks.append(sp.csr_matrix(counts.astype(np.float32)))
     return sp.vstack(blocks, format="csr"), make_regulons(rng, n_genes, n_regulons, smallest, largest)
 
 
@@ -144,7 +166,7 @@ def benchmark(sizes: dict, ref_python: str | None, rust_python: str | None, repe
         results.append(("rustscenic 0.5.1 aucell.score (unweighted)", report, True))
         rust["dense"] = report["seconds"]
         versions["rustscenic"] = report["versions"]
-    fast = {"dense": {}, "sparse": {}}  # case -> batch_size -> seconds with ties='pyscenic'
+    fast = {"dense": {}}  # case -> batch_size -> seconds with ties='pyscenic'
     for ties in ("pyscenic", "average"):
         for batch_size in (32, 256):
             report = run_case(ours, data, workdir, "flashscenic", batch_size=batch_size, ties=ties, repeats=repeats)
@@ -158,31 +180,34 @@ def benchmark(sizes: dict, ref_python: str | None, rust_python: str | None, repe
             summary.append(f"{name} time / flashscenic time, dense case: {ratios(report['seconds'], fast['dense'])} "
                            f"(goal: >= {goal}x).")
 
-    print("sparse case: generating", sizes["sparse"][:3], flush=True)
-    X, W = make_sparse(*sizes["sparse"])
-    sparse_case = (f"CSR {X.shape[0]:,} x {X.shape[1]:,} ({X.nnz / np.prod(X.shape):.0%} non-zero), "
-                   f"{W.shape[0]} weighted regulons")
-    data = workdir / "sparse.npz"
-    save_case(data, X, W)
-    check = workdir / "sparse_check.npz"
-    check_cells = min(SPARSE_CHECK_CELLS, X.shape[0])
-    save_case(check, X[:check_cells].toarray(), W)
-    del X
-    results = []
-    reference = None
-    if ref_python:
-        reference = run_case(ref_python, check, workdir, "pyscenic", num_workers=2)
-        results.append((f"pySCENIC 0.12.1 aucell, num_workers=2, first {check_cells:,} cells (the check)",
-                        reference, False))
-    if rust_python:
-        report = run_case(rust_python, data, workdir, "rustscenic", repeats=repeats)
-        results.append(("rustscenic 0.5.1 aucell.score (unweighted)", report, True))
-        rust["sparse"] = report["seconds"]
-    for batch_size in (32, 256):
-        report = run_case(ours, data, workdir, "flashscenic", batch_size=batch_size, ties="pyscenic", repeats=repeats)
-        results.append((f"flashscenic, batch_size={batch_size}, ties='pyscenic'", report, True))
-        fast["sparse"][batch_size] = report["seconds"]
-    rows += table_rows(sparse_case, results, reference)
+    for case, make in (("sparse", make_sparse), ("atlas", make_atlas)):
+        print(f"{case} case: generating", sizes[case][:3], flush=True)
+        X, W = make(*sizes[case])
+        label = (f"CSR {X.shape[0]:,} x {X.shape[1]:,} ({X.nnz / np.prod(X.shape):.1%} non-zero"
+                 f"{', ' + case + '-like' if case == 'atlas' else ''}), {W.shape[0]} weighted regulons")
+        data = workdir / f"{case}.npz"
+        save_case(data, X, W)
+        check = workdir / f"{case}_check.npz"
+        check_cells = min(CHECK_CELLS[case], X.shape[0])
+        save_case(check, X[:check_cells].toarray(), W)
+        del X
+        results = []
+        reference = None
+        if ref_python:
+            reference = run_case(ref_python, check, workdir, "pyscenic", num_workers=2)
+            results.append((f"pySCENIC 0.12.1 aucell, num_workers=2, first {check_cells:,} cells (the check)",
+                            reference, False))
+        if rust_python:
+            report = run_case(rust_python, data, workdir, "rustscenic", repeats=repeats)
+            results.append(("rustscenic 0.5.1 aucell.score (unweighted)", report, True))
+            rust[case] = report["seconds"]
+        fast[case] = {}
+        for batch_size in (32, 256):
+            report = run_case(ours, data, workdir, "flashscenic", batch_size=batch_size, ties="pyscenic",
+                              repeats=repeats)
+            results.append((f"flashscenic, batch_size={batch_size}, ties='pyscenic'", report, True))
+            fast[case][batch_size] = report["seconds"]
+        rows += table_rows(label, results, reference)
     for case, seconds in rust.items():
         summary.append(f"rustscenic 0.5.1 time / flashscenic time, {case} case: {ratios(seconds, fast[case])} "
                        "(goal: >= 3x).")
@@ -242,7 +267,10 @@ def markdown(rows: list, versions: dict, summary: list, sizes: dict, info: dict,
         f"Command: `{command}`",
         "",
         "CPU only, auc_threshold=0.05, seed=0. Expression: log1p of negative-binomial counts (float32); "
-        f"regulon sizes uniform in {sizes['dense'][3]}..{sizes['dense'][4]} genes, weights uniform in (0.01, 1). "
+        "the atlas-like case: log1p of counts per 10,000, genes detected at log-normal rates, cells at "
+        "varying depth (`make_atlas`); "
+        f"regulon sizes uniform in {sizes['dense'][3]}..{sizes['dense'][4]} genes "
+        f"({sizes['atlas'][3]}..{sizes['atlas'][4]} in the atlas-like case), weights uniform in (0.01, 1). "
         "Seconds: the kernel call "
         "only, after an untimed warm-up call on 64 cells (numba JIT, torch library loading) "
         f" (flashscenic and rustscenic: best of {repeats}; pySCENIC and flashscenic 0.2.0: one run). "
@@ -254,9 +282,9 @@ def markdown(rows: list, versions: dict, summary: list, sizes: dict, info: dict,
         "on the same case. ties='average' is the expected AUC over random tie order, so it "
         "differs from pySCENIC's seeded tie order by design; flashscenic 0.2.0 breaks ties "
         "with random noise, so it differs too; rustscenic ignores regulon weights and breaks ties "
-        "by gene index, so it differs as well. On the sparse case pySCENIC scores the first "
-        f"{SPARSE_CHECK_CELLS:,} cells (densified) as the check, and every difference is taken on "
-        "those cells; its time is not comparable. pySCENIC's forked workers share its "
+        "by gene index, so it differs as well. On the CSR cases pySCENIC scores the first "
+        f"{CHECK_CELLS['sparse']:,} (atlas-like: {CHECK_CELLS['atlas']:,}) cells, densified, as the check, "
+        "and every difference is taken on those cells; its time is not comparable. pySCENIC's forked workers share its "
         "rankings copy-on-write; their peaks are listed but not added.",
         "",
         *lines,

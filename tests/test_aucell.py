@@ -129,6 +129,17 @@ def test_input_types_give_pyscenic_result(convert):
     np.testing.assert_allclose(got, expected, rtol=0, atol=TOL)
 
 
+@pytest.mark.parametrize("dtype", [np.bool_, np.int8, np.uint16, np.float16, np.float32])
+def test_regulon_matrix_dtypes(dtype):
+    """Binary regulons in any dtype numpy holds them in score as float64 ones do."""
+    x, w = counts_case(seed=1)
+    binary = (w != 0).astype(np.float64)
+    np.testing.assert_array_equal(
+        get_aucell(x, binary.astype(dtype), k=None, device="cpu", seed=2),
+        get_aucell(x, binary, k=None, device="cpu", seed=2),
+    )
+
+
 @pytest.mark.parametrize("convert_w", [sp.csr_matrix, torch.from_numpy], ids=["scipy", "torch"])
 def test_regulon_matrix_types(convert_w):
     x, w = counts_case(seed=1)
@@ -138,24 +149,67 @@ def test_regulon_matrix_types(convert_w):
     )
 
 
-def test_sparse_input_is_densified_one_batch_at_a_time():
-    """Rows with fewer positive values than the cutoff need their zeros ranked: only those are
-    densified, at most batch_size at a time; the others are ranked from their stored values."""
+def test_sparse_input_is_never_densified():
+    """Rows with fewer positive values than the cutoff need their zeros ranked: the zeros are
+    taken along the permutation, never by densifying the row."""
     x, w = counts_case(n_cells=50)
     x[::3, 10:] = 0.0  # 17 rows with at most 10 positive values, fewer than the 14 ranks that count
-    batch_size = 8
-    densified = []
 
     class WatchedCSR(sp.csr_matrix):
         def toarray(self, *args, **kwargs):
-            assert self.shape[0] <= batch_size, f"densified {self.shape[0]} rows at once"
-            densified.append(self.shape[0])
-            return super().toarray(*args, **kwargs)
+            raise AssertionError("a sparse batch was densified")
 
-    got = get_aucell(WatchedCSR(x), w, k=None, device="cpu", seed=3, batch_size=batch_size)
-    assert sum(densified) == 17
+    got = get_aucell(WatchedCSR(x), w, k=None, device="cpu", seed=3, batch_size=8)
     np.testing.assert_array_equal(got, get_aucell(x, w, k=None, device="cpu", seed=3))
     np.testing.assert_allclose(got, pyscenic_aucell(x, w, 0.05, seed=3), rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("convert", [lambda x: x, sp.csr_matrix], ids=["dense", "csr"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rows_of_every_kind_in_one_batch_rank_like_pyscenic(convert, dtype):
+    """One batch mixing rows whose top ranks hold only positive values, positive values and
+    zeros (stored ones too), and negative values below all the zeros (a key for every gene)."""
+    x, w = counts_case(n_cells=40, n_genes=120, seed=21)
+    x = x.astype(dtype)
+    x[10:20, 6:] = 0.0  # few positives: zeros fill the top ranks
+    x[20:30] = -1.0 - x[20:30]  # every value negative but the zeros: negatives enter the top ranks
+    x[20:30, :3] = 0.0
+    x[25:30, 3:6] = -0.0
+    if dtype == np.float64:
+        x[30:] += 1e-12  # float64 values no float32 holds: ranked by their exact order
+    data = convert(x)
+    if sp.issparse(data):  # store three of row 10's zeros explicitly
+        coo = data.tocoo()
+        rows, cols = np.append(coo.row, [10, 10, 10]), np.append(coo.col, [6, 7, 8])
+        data = sp.csr_matrix((np.append(coo.data, np.zeros(3, dtype)), (rows, cols)), shape=x.shape)
+        assert (data.data == 0).sum() == 3
+        np.testing.assert_array_equal(data.toarray(), x)
+    for threshold in (0.05, 0.3, 0.9):
+        expected = pyscenic_aucell(x, w, threshold, seed=22)
+        got = get_aucell(data, w, k=None, auc_threshold=threshold, device="cpu", seed=22, batch_size=40)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("convert", [lambda x: x, sp.csr_matrix], ids=["dense", "csr"])
+def test_float64_values_that_float32_merges_rank_like_pyscenic(convert):
+    """float64 values 1e-10 apart (one float32), exact ties among them, and values too small
+    for float32 of either sign: ranked by their float64 values, as pySCENIC does."""
+    rng = np.random.default_rng(23)
+    x, w = counts_case(n_cells=30, n_genes=150, seed=23)
+    x = np.round(x.astype(np.float64))  # few distinct values: large groups
+    close = rng.random(x.shape) < 0.5
+    x[close] += rng.integers(1, 4, close.sum()) * 1e-10  # distinct in float64, tied in float32
+    x[:5] = np.where(x[:5] == 0, rng.choice([1e-300, -1e-300, 0.0], size=x[:5].shape), x[:5])
+    # Row 5, with nothing merged: a tiny positive value on the zero gene that comes last in the
+    # tie order, where a float32 0 would leave it behind every zero.
+    x[5] = np.round(x[5])
+    order = np.random.RandomState(24).permutation(x.shape[1])
+    x[5, order[x[5, order] == 0][-1]] = 1e-300
+    assert np.array_equal(x, x.astype(np.float32)) is False
+    for threshold in (0.05, 0.3, 0.9):
+        expected = pyscenic_aucell(x, w, threshold, seed=24)
+        got = get_aucell(convert(x), w, k=None, auc_threshold=threshold, device="cpu", seed=24, batch_size=7)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=TOL)
 
 
 def random_sparse_case(case: int):
