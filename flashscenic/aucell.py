@@ -220,9 +220,10 @@ class _TieOrder:
 
     def top_keys(self, indptr, indices, values, c: int, dense: bool) -> np.ndarray:
         """Each row's keys (rows x width, int64), the first c of which are those of its genes of
-        rank 0..c-1 in rank order; the gene of a key is ``perm_np[key & (2**bits - 1)]``. Rows
-        are CSR (``indptr``, ``indices``, ``values``; canonical) or, with ``dense``, ``values``
-        holds whole rows one after another (``indices`` unused).
+        rank 0..c-1 in rank order; the gene of a key is ``perm_np[key & (2**bits - 1)]`` (above
+        the position is the value's code, or the rank in rows ranked again from float64 values).
+        Rows are CSR (``indptr``, ``indices``, ``values``; canonical) or, with ``dense``,
+        ``values`` holds whole rows one after another (``indices`` unused).
         """
         value_bits, exact = _float32_bits(values)
         keys = _rank_keys(indptr, indices, dense, value_bits, self.position, self.perm_np, self.bits, c)
@@ -235,13 +236,28 @@ class _TieOrder:
             keys.sort(axis=1)
         if not exact:  # float64 values float32 cannot hold: rank again the rows where it merged two
             for i in np.flatnonzero(_merged_rows(keys, c, indptr, indices, dense, values, self.perm_np, self.bits)):
-                lo, hi = indptr[i], indptr[i + 1]
-                row = values[lo:hi] if dense else np.zeros(self.perm_np.size)
-                if not dense:
-                    row[indices[lo:hi]] = values[lo:hi]
-                genes = np.lexsort((self.position, np.subtract(0, row)))[:c]  # 0 - v: -0.0 ties 0.0
-                keys[i, :c] = (np.arange(c) << self.bits) | self.position[genes]
+                self._rank_from_float64(keys[i], c, values, indices, indptr[i], indptr[i + 1], dense)
         return keys
+
+    def _rank_from_float64(self, row_keys, c, values, indices, lo, hi, dense) -> None:
+        """Rank one row's top c again from its float64 values. Rounding to float32 never reverses
+        two values, so the genes whose code is at most that of the c-th key hold the top c; they
+        are ordered by value, then position, and their first c keys (rank, not code, above the
+        position) replace the row's first c."""
+        low = (1 << self.bits) - 1
+        candidates = row_keys[(row_keys >> self.bits) <= (row_keys[c - 1] >> self.bits)]
+        position = candidates & low
+        genes = self.perm_np[position]
+        if dense:
+            value = values[lo + genes]
+        else:  # the row's indices are sorted (canonical); a gene not stored is 0
+            row_indices, value = indices[lo:hi], np.zeros(genes.size)
+            where = np.searchsorted(row_indices, genes)
+            found = where < row_indices.size
+            found[found] = row_indices[where[found]] == genes[found]
+            value[found] = values[lo + where[found]]
+        top = np.lexsort((position, np.subtract(0, value)))[:c]  # 0 - v: -0.0 ties 0.0
+        row_keys[:c] = (np.arange(c) << self.bits) | position[top]
 
     def top_genes(self, x: torch.Tensor, c: int) -> torch.Tensor:
         """Genes of rank 0, 1, ..., c-1 in each row of ``x`` (batch x c), in torch (the GPU path)."""
@@ -274,7 +290,7 @@ class _TieOrder:
 
 
 _NO_KEY = np.iinfo(np.int64).max  # fills a row with fewer keys than the widest: sorts after every key
-_MAX_CODE = 0x7FFFFFFF  # float32 bits below this are values >= 0; its code, 0x7FFFFFFF - 0, is 0's
+_ZERO_CODE = 0x7FFFFFFF  # the code of 0.0 and -0.0 (``_code``): positive values below it, negative above
 
 
 def _float32_bits(values: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -288,7 +304,8 @@ def _float32_bits(values: np.ndarray) -> tuple[np.ndarray, bool]:
     """
     if values.dtype == np.float32:
         return values.view(np.uint32), True
-    narrow = values.astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, merged, ranked again
+        narrow = values.astype(np.float32)
     if np.array_equal(narrow, values):
         return narrow.view(np.uint32), True
     flushed = (narrow == 0) & (values != 0)
@@ -302,7 +319,7 @@ def _code(bits):
     """float32 bits -> int64 code, smaller for a larger value: positive values below 0x7FFFFFFF
     (0's code), negative ones above; -0.0 is 0."""
     magnitude = np.int64(bits & 0x7FFFFFFF)
-    return _MAX_CODE + magnitude if bits >> 31 else _MAX_CODE - magnitude
+    return _ZERO_CODE + magnitude if bits >> 31 else _ZERO_CODE - magnitude
 
 
 @numba.njit(nogil=True, cache=True)
@@ -329,8 +346,8 @@ def _rank_keys(indptr, indices, dense, value_bits, position, perm, shift, c):
         for j in range(lo, hi):
             code = _code(value_bits[j])
             keys[i, k] = (code << shift) | position[j - lo if dense else indices[j]]
-            k += code < _MAX_CODE  # branch-free: the next key overwrites one that is not positive
-            n_nonzero += code != _MAX_CODE
+            k += code < _ZERO_CODE  # branch-free: the next key overwrites one that is not positive
+            n_nonzero += code != _ZERO_CODE
         if k < c and k + n_genes - n_nonzero < c:
             every[i] = True
             continue
@@ -347,7 +364,7 @@ def _rank_keys(indptr, indices, dense, value_bits, position, perm, shift, c):
         lo, hi, k = indptr[i], indptr[i + 1], 0
         for j in range(lo, hi):
             code = _code(value_bits[j])
-            if code != _MAX_CODE:
+            if code != _ZERO_CODE:
                 wide[i, k] = (code << shift) | position[j - lo if dense else indices[j]]
                 k += 1
         _add_zeros(wide[i], k, n_genes, lo, hi, indices, dense, value_bits, perm, shift, nonzero)
@@ -360,8 +377,8 @@ def _add_zeros(row, k, stop, lo, hi, indices, dense, value_bits, perm, shift, no
     order until it holds ``stop`` keys or the zeros run out; return the new count.
     ``nonzero`` is all False on entry and on return."""
     for j in range(lo, hi):
-        nonzero[j - lo if dense else indices[j]] = _code(value_bits[j]) != _MAX_CODE
-    zero = np.int64(_MAX_CODE) << shift
+        nonzero[j - lo if dense else indices[j]] = _code(value_bits[j]) != _ZERO_CODE
+    zero = np.int64(_ZERO_CODE) << shift
     for p in range(perm.size):
         if k == stop:
             break
@@ -380,7 +397,7 @@ def _score_on_cpu(expr, tie_order: _TieOrder, c: int, weights: sp.csr_matrix, ba
     then ``_score_keys`` (numba, GIL released) adds each gene only to the regulons that hold it
     (~15 of 200)."""
     regulons = _regulon_blocks(weights, tie_order.perm_np)
-    batches = expr.batches(batch_size)
+    batches = expr.batches(batch_size, c)
     threads = min(torch.get_num_threads(), len(batches))
     n_tasks = min(len(batches), threads * _TASKS_PER_THREAD)
     tasks = [batches[i::n_tasks] for i in range(n_tasks)]
@@ -554,18 +571,18 @@ class _Expression:
             raise InputError(f"exp_array has {data.shape[1]} gene column(s); AUCell needs at least 2")
         self.kind, self.data, self.shape = kind, data, tuple(int(n) for n in data.shape)
         self.dtype = _compute_dtype(data.dtype, "exp_array")
-        # Sorted, duplicate-free rows can be ranked in place; others are canonicalised a batch at a time.
+        # Sorted, duplicate-free rows are ranked in place; others are canonicalised (a copy) a batch at a time.
         self.canonical = kind != "sparse" or bool(data.has_canonical_format)
         self._check_finite()
 
-    def batches(self, batch_size: int) -> list[tuple[int, int]]:
-        """Row ranges of one CPU batch each. Sparse rows are ranked from their stored values,
-        so as many go at once as fit in batch_size * n_genes of them (the longest row's worth
-        a row), up to _SPARSE_VALUES: beyond it the keys leave the cache."""
+    def batches(self, batch_size: int, c: int) -> list[tuple[int, int]]:
+        """Row ranges of one CPU batch each. Sparse rows are ranked from keys of their stored
+        values (at least c a row), so as many go at once as fit in batch_size * n_genes keys
+        (the longest row's, or c, a row), up to _SPARSE_VALUES: beyond it the keys leave the cache."""
         rows = batch_size
         if self.kind == "sparse" and self.shape[0]:
-            longest = max(1, int(np.diff(self.data.indptr).max()))
-            rows = max(batch_size, min(batch_size * self.shape[1], _SPARSE_VALUES) // longest)
+            widest = max(c, int(np.diff(self.data.indptr).max()))
+            rows = max(batch_size, min(batch_size * self.shape[1], _SPARSE_VALUES) // widest)
         return [(start, min(start + rows, self.shape[0])) for start in range(0, self.shape[0], rows)]
 
     def score_rows(self, start: int, stop: int, tie_order: _TieOrder, c: int, regulons, out: np.ndarray) -> None:
@@ -635,7 +652,12 @@ def _regulon_weights(adj_array, n_genes: int, k: int | None) -> sp.csr_matrix:
     every check and the scaling then touch its genes only.
     """
     if isinstance(adj_array, torch.Tensor):
-        adj_array = adj_array.detach().cpu().numpy()
+        adj_array = adj_array.detach().cpu()
+        if adj_array.layout != torch.strided:
+            adj_array = adj_array.to_dense()
+        if adj_array.is_floating_point() and adj_array.dtype not in (torch.float32, torch.float64):
+            adj_array = adj_array.float()  # exact for float16 and bfloat16, which numpy lacks
+        adj_array = adj_array.numpy()
     if not sp.issparse(adj_array):
         adj_array = np.asarray(adj_array)
         if adj_array.ndim == 1:
@@ -649,10 +671,10 @@ def _regulon_weights(adj_array, n_genes: int, k: int | None) -> sp.csr_matrix:
             f"adj_array has {adj_array.shape[1]} gene columns but exp_array has {n_genes}; "
             "both must use the same genes in the same order"
         )
+    if adj_array.dtype.kind == "f" and adj_array.dtype not in (np.float32, np.float64):
+        adj_array = adj_array.astype(np.float64)  # float16 exactly, longdouble to the scores' precision: numba has neither
     _compute_dtype(adj_array.dtype, "adj_array")
     # A copy either way: the caller's matrix is left alone.
-    if not sp.issparse(adj_array) and adj_array.dtype == np.float16:
-        adj_array = adj_array.astype(np.float32)  # exact; numba has no float16
     weights = (sp.csr_matrix(adj_array) if sp.issparse(adj_array)
                else sp.csr_matrix(_dense_nonzero(adj_array), shape=adj_array.shape)).astype(np.float64)
     weights.sum_duplicates()
@@ -717,6 +739,9 @@ def _compute_dtype(dtype, name: str) -> torch.dtype:
     dtype = np.dtype(dtype)
     if dtype == np.float64:
         return torch.float64
+    if dtype.kind == "f" and dtype.itemsize > 8:
+        raise InputError(f"{name} has dtype {dtype}; AUCell ranks float32 or float64 values: convert it (to "
+                         "float64 it may merge values that differ only beyond float64's precision)")
     if dtype.kind == "f":
         return torch.float32
     if dtype.kind in "iub":

@@ -12,6 +12,7 @@ import torch
 
 from flashscenic import get_aucell
 from flashscenic.aucell import rank_cutoff
+from flashscenic.errors import InputError
 from pyscenic_oracle import pyscenic_aucell
 
 TOL = 1e-6
@@ -129,15 +130,50 @@ def test_input_types_give_pyscenic_result(convert):
     np.testing.assert_allclose(got, expected, rtol=0, atol=TOL)
 
 
-@pytest.mark.parametrize("dtype", [np.bool_, np.int8, np.uint16, np.float16, np.float32])
-def test_regulon_matrix_dtypes(dtype):
-    """Binary regulons in any dtype numpy holds them in score as float64 ones do."""
+@pytest.mark.parametrize("convert", [
+    *[pytest.param(lambda w, d=dtype: w.astype(d), id=np.dtype(dtype).name)
+      for dtype in (np.bool_, np.int8, np.uint16, np.float16, np.float32, np.longdouble)],
+    *[pytest.param(lambda w, d=dtype: torch.from_numpy(w).to(d), id=str(dtype))
+      for dtype in (torch.bfloat16, torch.float16, torch.int32)],
+    pytest.param(lambda w: torch.from_numpy(w).to_sparse(), id="torch-sparse"),
+])
+def test_regulon_matrix_dtypes(convert):
+    """Binary regulons in any dtype numpy or torch holds them in score as float64 ones do."""
     x, w = counts_case(seed=1)
     binary = (w != 0).astype(np.float64)
     np.testing.assert_array_equal(
-        get_aucell(x, binary.astype(dtype), k=None, device="cpu", seed=2),
+        get_aucell(x, convert(binary), k=None, device="cpu", seed=2),
         get_aucell(x, binary, k=None, device="cpu", seed=2),
     )
+
+
+def test_float64_beyond_float32_range_ranks_like_pyscenic_without_warnings():
+    x, w = counts_case(seed=25)
+    x = x.astype(np.float64)
+    x[:, :30] *= 1e300  # inf in float32: all merged there, ranked from the float64 values
+    x[::2, 30:40] = -1e308
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = get_aucell(x, w, k=None, auc_threshold=0.2, device="cpu", seed=26)
+    np.testing.assert_allclose(got, pyscenic_aucell(x, w, 0.2, seed=26), rtol=0, atol=TOL)
+
+
+def test_long_double_expression_is_refused_in_one_line():
+    x, w = counts_case()
+    with pytest.raises(InputError, match="exp_array has dtype float128; AUCell ranks float32 or float64"):
+        get_aucell(x.astype(np.longdouble), w, device="cpu")
+
+
+def test_a_sparse_batch_holds_at_most_its_bound_of_keys():
+    """Every row gets at least c keys, so rows much shorter than c count as c (memory stays bounded)."""
+    from flashscenic.aucell import _SPARSE_VALUES, _Expression
+
+    one_each = sp.csr_matrix((np.ones(5000, np.float32), np.arange(5000) % 2000, np.arange(5001)), shape=(5000, 2000))
+    bound = min(8 * 2000, _SPARSE_VALUES)  # batch_size * n_genes values, at most _SPARSE_VALUES
+    for c in (5, 99, 999, 3000):
+        rows = max(stop - start for start, stop in _Expression(one_each).batches(batch_size=8, c=c))
+        assert rows * c <= bound or rows == 8  # never fewer rows than batch_size
+        assert (rows + 1) * c > bound  # and as many as fit
 
 
 @pytest.mark.parametrize("convert_w", [sp.csr_matrix, torch.from_numpy], ids=["scipy", "torch"])
