@@ -29,7 +29,8 @@ What the executor guarantees:
 * Shared values are scattered once to every worker; task results and shared values go
   between the client and the workers directly, never through the scheduler.
 * Each worker sets its torch threads so that the tasks of all workers of a host use its
-  cores once (no oversubscription).
+  cores once (no oversubscription), and loads the task libraries as it joins (an embedded
+  cluster's workers while the run ingests), not in its first task.
 """
 
 from __future__ import annotations
@@ -193,11 +194,15 @@ def start_executor(
         except BaseException as error:
             logger.error("the embedded Dask cluster did not start: %s", error)  # now, not at its first use
             raise
+        client = None
         try:
             client = Client(cluster, security=security) if security is not None else Client(cluster)
             _log_started(client, cluster, dashboard=dashboard_address is not None)
+            _set_up_workers(client)  # here, so the workers load their libraries while the run ingests
         except BaseException as error:
             logger.error("the embedded Dask cluster did not start: %s", error)
+            if client is not None:
+                client.close()
             cluster.close()
             raise
         return client, cluster
@@ -441,10 +446,12 @@ def torch_threads_for(worker_threads: int, host_threads: int) -> int:
     return max(1, allowed // max(1, host_threads))
 
 
-class _TorchThreads(WorkerPlugin):
-    """Worker plugin: sets torch's threads on each worker (``torch_threads_for``), new ones included."""
+class _WorkerSetup(WorkerPlugin):
+    """Worker plugin, for each worker (new ones included): sets torch's threads
+    (``torch_threads_for``), then loads what the pipeline's tasks run (``_warm``), so a worker's
+    first pruning or AUCell task does not pay a second or two of imports."""
 
-    name = "flashscenic-torch-threads"
+    name = "flashscenic-worker-setup"
     idempotent = False
 
     def __init__(self, threads_by_host: dict[str, int]):
@@ -457,6 +464,34 @@ class _TorchThreads(WorkerPlugin):
         host = get_address_host(worker.address)
         threads = worker.state.nthreads
         torch.set_num_threads(torch_threads_for(threads, max(threads, self.threads_by_host.get(host, threads))))
+        _warm()
+
+
+def _warm() -> None:
+    """Import the task modules and run AUCell once on a 2 x 4 matrix (numba loads its kernels
+    from its cache). A failure here is only logged: the task that needs the module reports it."""
+    try:
+        import numpy as np
+
+        from . import stages  # noqa: F401  (the task functions; they import cistarget)
+        from .aucell import get_aucell
+        from .cistarget import CisTargetPruner  # noqa: F401
+
+        get_aucell(np.arange(8, dtype=np.float32).reshape(2, 4), np.ones((1, 4)), k=None, auc_threshold=0.5,
+                   device="cpu", seed=0, verbose=False)
+    except Exception as error:  # noqa: BLE001
+        logger.warning("warming this worker failed (its first task will say why): %s", error)
+
+
+def _set_up_workers(client) -> None:
+    """Register ``_WorkerSetup`` on every worker of ``client``'s cluster (and on later ones)."""
+    from distributed.comm import get_address_host
+
+    by_host: dict[str, int] = {}
+    for address, info in client.scheduler_info(n_workers=-1)["workers"].items():
+        host = get_address_host(address)
+        by_host[host] = by_host.get(host, 0) + int(info.get("nthreads", 1))
+    client.register_plugin(_WorkerSetup(by_host), name=_WorkerSetup.name)
 
 
 def _worker_threads() -> int:
@@ -473,7 +508,8 @@ class DaskExecutor:
     client
         A connected ``distributed.Client``, or a ``concurrent.futures.Future`` of
         ``(client, cluster)`` for a cluster still starting (``start_executor``'s embedded
-        cluster): everything that needs the cluster waits for it.
+        cluster, its workers set up by ``_set_up_workers``): everything that needs the
+        cluster waits for it.
     cluster
         The cluster object when this executor started it (closed with the executor).
     owns_client
@@ -502,7 +538,7 @@ class DaskExecutor:
         self.retries, self.direct, self.verbose = int(retries), bool(direct), verbose
         self._shared: dict[str, list] = {}  # key of a scattered future -> [its value, live futures]
         if self._starting is None:
-            self._set_torch_threads()
+            _set_up_workers(client)
 
     # --- the cluster ------------------------------------------------------------------
 
@@ -510,15 +546,7 @@ class DaskExecutor:
         """Wait for a starting cluster; a failed start raises its error at every use."""
         if self._starting is None:
             return
-        client, cluster = self._starting.result()  # an interrupt here leaves the start to close()
-        try:
-            self._client, self._cluster = client, cluster
-            self._set_torch_threads()
-        except BaseException:
-            self._client = self._cluster = None
-            client.close()
-            cluster.close()
-            raise
+        self._client, self._cluster = self._starting.result()  # an interrupt here leaves the start to close()
         self._starting = None
 
     def check_start(self) -> None:
@@ -570,15 +598,6 @@ class DaskExecutor:
     def name(self) -> str:
         return _describe(self.client, self.cluster)
 
-    def _set_torch_threads(self) -> None:
-        from distributed.comm import get_address_host
-
-        client = self._client  # not self.client: this runs while a starting cluster is being taken up
-        by_host: dict[str, int] = {}
-        for address, info in client.scheduler_info(n_workers=-1)["workers"].items():
-            host = get_address_host(address)
-            by_host[host] = by_host.get(host, 0) + int(info.get("nthreads", 1))
-        client.register_plugin(_TorchThreads(by_host), name=_TorchThreads.name)
 
     def plan_chunk_cells(self, n_cells: int, n_genes: int, store_chunk_rows: int) -> int:
         """Cells per AUC chunk for this cluster's workers (see ``plan_chunk_cells``)."""

@@ -284,6 +284,53 @@ def test_a_cluster_that_fails_to_start_raises_at_first_use_and_closes_quietly(mo
     failing.close()  # never used: closing waits for the start and says nothing
 
 
+def test_workers_that_cannot_be_set_up_fail_the_start_and_everything_started_is_closed(monkeypatch):
+    closed = []
+
+    class FakeCluster:
+        def close(self):
+            closed.append("cluster")
+
+    class FakeClient:
+        def __init__(self, cluster, **options):
+            pass
+
+        def scheduler_info(self, **options):
+            return {"workers": {}}
+
+        def register_plugin(self, plugin, name=None):
+            raise RuntimeError("plugin refused")
+
+        def close(self):
+            closed.append("client")
+
+    monkeypatch.setattr(engine, "_embedded_cluster", lambda *args: FakeCluster())
+    monkeypatch.setattr(distributed, "Client", FakeClient)
+    executor = start_executor(n_workers=1, dashboard_address=None, verbose=False)
+    with pytest.raises(RuntimeError, match="plugin refused"):
+        executor.slots
+    assert sorted(closed) == ["client", "cluster"]
+    executor.close()
+
+
+def _libraries_loaded() -> list[str]:
+    import sys
+
+    loaded = [name for name in ("flashscenic.stages", "flashscenic.cistarget") if name in sys.modules]
+    aucell = sys.modules.get("flashscenic.aucell")
+    return loaded + (["AUCell kernels"] if aucell is not None and aucell._score_keys.signatures else [])
+
+
+def test_a_worker_loads_the_task_libraries_as_it_joins():
+    """The setup plugin runs on each worker as it joins, before any task."""
+    executor = _local_cluster(1)
+    try:
+        assert list(executor.client.run(_libraries_loaded).values()) == [
+            ["flashscenic.stages", "flashscenic.cistarget", "AUCell kernels"]]
+    finally:
+        executor.close()
+
+
 def test_closing_while_the_cluster_starts_closes_it_once_it_is_up(monkeypatch):
     release, closed = threading.Event(), []
 
@@ -293,6 +340,12 @@ def test_closing_while_the_cluster_starts_closes_it_once_it_is_up(monkeypatch):
 
     class FakeClient:
         def __init__(self, cluster, **options):
+            pass
+
+        def scheduler_info(self, **options):
+            return {"workers": {}}
+
+        def register_plugin(self, plugin, name=None):
             pass
 
         def close(self):
