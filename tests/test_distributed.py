@@ -284,8 +284,8 @@ def test_a_cluster_that_fails_to_start_raises_at_first_use_and_closes_quietly(mo
     failing.close()  # never used: closing waits for the start and says nothing
 
 
-def test_workers_that_cannot_be_set_up_fail_the_start_and_everything_started_is_closed(monkeypatch):
-    closed = []
+def _fake_cluster_and_client(closed: list, plugin_error: Exception | None = None):
+    """Stand-ins for an embedded cluster and its client that record their closing."""
 
     class FakeCluster:
         def close(self):
@@ -299,11 +299,18 @@ def test_workers_that_cannot_be_set_up_fail_the_start_and_everything_started_is_
             return {"workers": {}}
 
         def register_plugin(self, plugin, name=None):
-            raise RuntimeError("plugin refused")
+            if plugin_error is not None:
+                raise plugin_error
 
         def close(self):
             closed.append("client")
 
+    return FakeCluster, FakeClient
+
+
+def test_workers_that_cannot_be_set_up_fail_the_start_and_everything_started_is_closed(monkeypatch):
+    closed = []
+    FakeCluster, FakeClient = _fake_cluster_and_client(closed, RuntimeError("plugin refused"))
     monkeypatch.setattr(engine, "_embedded_cluster", lambda *args: FakeCluster())
     monkeypatch.setattr(distributed, "Client", FakeClient)
     executor = start_executor(n_workers=1, dashboard_address=None, verbose=False)
@@ -333,23 +340,7 @@ def test_a_worker_loads_the_task_libraries_as_it_joins():
 
 def test_closing_while_the_cluster_starts_closes_it_once_it_is_up(monkeypatch):
     release, closed = threading.Event(), []
-
-    class FakeCluster:
-        def close(self):
-            closed.append("cluster")
-
-    class FakeClient:
-        def __init__(self, cluster, **options):
-            pass
-
-        def scheduler_info(self, **options):
-            return {"workers": {}}
-
-        def register_plugin(self, plugin, name=None):
-            pass
-
-        def close(self):
-            closed.append("client")
+    FakeCluster, FakeClient = _fake_cluster_and_client(closed)
 
     def slow_start(*args):
         release.wait(30)
