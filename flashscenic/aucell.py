@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 Ties = Literal["pyscenic", "average"]
 _CHECK_VALUES = 2**22  # values per block when scanning input for NaN/inf (bounds memory)
-_SPARSE_VALUES = 2**16  # stored values a CPU batch of sparse rows holds at most (or batch_size rows)
+_SPARSE_VALUES = 2**16  # keys a CPU batch of sparse rows holds at most (or batch_size rows)
 _TASKS_PER_THREAD = 4  # batches go to the pool in this many tasks a thread: fewer hand-offs, still balanced
 
 
