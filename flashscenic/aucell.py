@@ -160,22 +160,9 @@ def get_aucell(
     scaled.data /= norm[rows]
     tie_order = _TieOrder(np.random.RandomState(seed).permutation(n_genes), dev) if ties == "pyscenic" else None
     if tie_order is not None and dev.type == "cpu":
-        score = None
         _score_on_cpu(expr, tie_order, c, scaled, batch_size, out, verbose)
-    else:  # torch, with the genes x regulons weights on the device
-        weights_t = torch.from_numpy(np.ascontiguousarray(scaled.toarray().T)).to(dev)
-        if tie_order is not None:
-            score = lambda x: _rank_product(tie_order.top_genes(x, c), n_genes, weights_t)  # noqa: E731
-        else:
-            score = lambda x: _average_scores(x, c) @ weights_t  # noqa: E731
-
-    if score is not None:
-        starts = range(0, n_cells, batch_size)
-        bar = tqdm(starts, desc="AUCell", unit="batch", disable=None if verbose and len(starts) > 1 else True)
-        with torch.inference_mode():
-            for start in bar:
-                stop = min(start + batch_size, n_cells)
-                out[start:stop] = score(expr.rows(start, stop, dev)).to("cpu", torch.float32).numpy()
+    else:
+        _score_with_torch(expr, tie_order, c, scaled, batch_size, dev, out, verbose)
     if scored is not None:
         out[:, ~scored] = 0.0  # pySCENIC: under 80% of a source's targets among the genes
     return out
@@ -247,15 +234,10 @@ class _TieOrder:
         low = (1 << self.bits) - 1
         candidates = row_keys[(row_keys >> self.bits) <= (row_keys[c - 1] >> self.bits)]
         position = candidates & low
-        genes = self.perm_np[position]
-        if dense:
-            value = values[lo + genes]
-        else:  # the row's indices are sorted (canonical); a gene not stored is 0
-            row_indices, value = indices[lo:hi], np.zeros(genes.size)
-            where = np.searchsorted(row_indices, genes)
-            found = where < row_indices.size
-            found[found] = row_indices[where[found]] == genes[found]
-            value[found] = values[lo + where[found]]
+        row = values[lo:hi] if dense else np.zeros(self.perm_np.size)  # a gene not stored is 0
+        if not dense:
+            row[indices[lo:hi]] = values[lo:hi]
+        value = row[self.perm_np[position]]
         top = np.lexsort((position, np.subtract(0, value)))[:c]  # 0 - v: -0.0 ties 0.0
         row_keys[:c] = (np.arange(c) << self.bits) | position[top]
 
@@ -506,15 +488,29 @@ class _InThread:
         return map(fn, items)
 
 
+def _score_with_torch(expr, tie_order: _TieOrder | None, c: int, weights: sp.csr_matrix, batch_size: int,
+                      dev: torch.device, out: np.ndarray, verbose: bool) -> None:
+    """AUCs into ``out`` with torch on ``dev`` (the GPU path, and ``ties='average'``), batch_size
+    rows at a time, with the genes x regulons weights dense on the device."""
+    weights_t = torch.from_numpy(np.ascontiguousarray(weights.toarray().T)).to(dev)
+    n_cells, n_genes = expr.shape
+    starts = range(0, n_cells, batch_size)
+    bar = tqdm(starts, desc="AUCell", unit="batch", disable=None if verbose and len(starts) > 1 else True)
+    with torch.inference_mode():
+        for start in bar:
+            stop = min(start + batch_size, n_cells)
+            x = expr.rows(start, stop, dev)
+            if tie_order is not None:
+                scores = _rank_product(tie_order.top_genes(x, c), n_genes, weights_t)
+            else:
+                scores = _average_scores(x, c) @ weights_t
+            out[start:stop] = scores.to("cpu", torch.float32).numpy()
+
+
 def _rank_product(genes: torch.Tensor, n_genes: int, weights_t: torch.Tensor) -> torch.Tensor:
     """S @ weights_t, with S[cell, gene of rank r] = c - r held as a CSR matrix (c non-zeros a row)."""
-    return _rank_matrix(genes, n_genes, weights_t.dtype) @ weights_t
-
-
-def _rank_matrix(genes: torch.Tensor, n_genes: int, dtype: torch.dtype) -> torch.Tensor:
-    """S[cell, gene of rank r] = c - r, as a sparse CSR tensor with c non-zeros a row."""
     n_cells, c = genes.shape
-    contribution = torch.arange(c, 0, -1, device=genes.device, dtype=dtype)
+    contribution = torch.arange(c, 0, -1, device=genes.device, dtype=weights_t.dtype)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         s = torch.sparse_csr_tensor(
@@ -524,7 +520,7 @@ def _rank_matrix(genes: torch.Tensor, n_genes: int, dtype: torch.dtype) -> torch
             size=(n_cells, n_genes),
             check_invariants=False,
         )
-    return s
+    return s @ weights_t
 
 
 def _average_scores(x: torch.Tensor, c: int) -> torch.Tensor:

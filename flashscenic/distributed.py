@@ -598,7 +598,6 @@ class DaskExecutor:
     def name(self) -> str:
         return _describe(self.client, self.cluster)
 
-
     def plan_chunk_cells(self, n_cells: int, n_genes: int, store_chunk_rows: int) -> int:
         """Cells per AUC chunk for this cluster's workers (see ``plan_chunk_cells``)."""
         workers = self._workers().values()
