@@ -153,8 +153,9 @@ def _execution_flags(parser):
 
 def _executor_flags(group) -> None:
     group.add_argument("--n-workers", type=int, metavar="N",
-                       help="workers of the embedded Dask cluster; 0 runs in this process (default: one per GPU "
-                       "with dask-cuda, else one per core, at most one per 2 GiB of memory)")
+                       help="workers of the embedded Dask cluster; 0 runs in this process (default: with GPUs "
+                       "and --device auto/cuda, one per GPU, and never more; else one per core, at most one per "
+                       "2 GiB of memory)")
     group.add_argument("--threads-per-worker", type=int, default=1, metavar="T",
                        help="threads per worker (default: %(default)s)")
     group.add_argument("--chunk-cells", type=int, metavar="C", help="cells per AUCell task (default: from worker "
@@ -172,11 +173,12 @@ def _run(args: argparse.Namespace) -> int:
     from .pipeline import run_pipeline
 
     start = time.perf_counter()
-    executor = functools.partial(start_executor, n_workers=args.n_workers,
+    params = params_from_args(args)
+    executor = functools.partial(start_executor, n_workers=args.n_workers, device=params.device,
                                  threads_per_worker=args.threads_per_worker, scheduler=args.scheduler,
                                  scheduler_file=args.scheduler_file,
                                  dashboard_address=dashboard_address(args.dashboard_address), verbose=not args.quiet)
-    results = run_pipeline(args.input, args.out, params=params_from_args(args), adjacencies=args.adjacencies,
+    results = run_pipeline(args.input, args.out, params=params, adjacencies=args.adjacencies,
                            cell_type_column=args.cell_type_column, executor=executor, chunk_cells=args.chunk_cells,
                            resume=args.resume, overwrite=args.overwrite, report=args.report, **_input_options(args))
     report = results.path.parent / "report.html"

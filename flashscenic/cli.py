@@ -123,8 +123,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of the simulation and the pipeline (default: %(default)s)")
     demo.add_argument("--device", choices=DEVICES, default="auto",
                       help="where kernels run (default: %(default)s: CUDA when available)")
-    demo.add_argument("--n-workers", type=int, default=2,
-                      help="workers of the embedded Dask cluster; 0 runs in this process (default: %(default)s)")
+    demo.add_argument("--n-workers", type=int, default=None,
+                      help="workers of the embedded Dask cluster; 0 runs in this process (default: one per GPU "
+                      "with GPUs and --device auto/cuda, else 2)")
     demo.add_argument("--dashboard-address", default=DEFAULT_DASHBOARD, help="Dask dashboard address (default: %(default)s; "
                       "'none' for none)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")

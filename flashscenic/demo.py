@@ -21,25 +21,28 @@ DEMO_GRN_STEPS = 250  # RegDiffusion steps of the demo: recall and precision 1.0
 
 
 def run_demo(out: str | os.PathLike = "demo_out", *, n_cells: int = 5000, n_genes: int = 1000, n_tfs: int = 30,
-             grn_n_steps: int = DEMO_GRN_STEPS, seed: int = 0, device: str = "auto", n_workers: int | None = 2,
+             grn_n_steps: int = DEMO_GRN_STEPS, seed: int = 0, device: str = "auto", n_workers: int | None = None,
              dashboard_address: str | None = DEFAULT_DASHBOARD, verbose: bool = True) -> dict:
     """Simulate, run the pipeline into the run folder ``out`` (replacing an earlier demo there),
     compare the regulons with the planted ones; write ``out/summary.json`` and return it.
 
     The summary holds the recovery (``precision``, ``recall``, ``mean_target_jaccard``, the
     per-TF ``table`` as a DataFrame, not written to the JSON), sizes, seconds per stage and
-    the executor's name.
+    the executor's name. ``n_workers`` None: one worker per GPU when the device runs on GPUs
+    (``plan_cluster``), else 2 CPU workers.
     """
     import anndata
     import pandas as pd
 
     from ._utils import atomic_path
-    from .distributed import start_executor
+    from .distributed import plan_cluster, start_executor
     from .pipeline import run_pipeline
     from .simulate import evaluate_regulons, simulate_dataset
 
     start = time.perf_counter()
     params = Params(grn_n_steps=grn_n_steps, device=device, seed=seed, verbose=verbose)  # checked first
+    if n_workers != 0 and not plan_cluster(device, n_workers).gpu:  # checked first too: more workers than GPUs
+        n_workers = 2 if n_workers is None else n_workers  # the demo's small world: two CPU workers suffice
     out = Path(out)
     data = simulate_dataset(n_cells=n_cells, n_genes=n_genes, n_tfs=n_tfs, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,7 +54,8 @@ def run_demo(out: str | os.PathLike = "demo_out", *, n_cells: int = 5000, n_gene
                 len(data.decoy_tfs), len(data.motif_names), len(data.database_gene_names), seed)
     params = params.replace(tf_list_path=str(paths["tf_list"]), ranking_db_paths=(str(paths["ranking_db"]),),
                             motif_annotation_path=str(paths["motif_annotation"]))
-    executor = start_executor(n_workers=n_workers, dashboard_address=dashboard_address, verbose=verbose)
+    executor = start_executor(n_workers=n_workers, device=device, dashboard_address=dashboard_address,
+                              verbose=verbose)
     try:  # the cluster starts while the run ingests and trains
         results = run_pipeline(adata, out, params=params, executor=executor, cell_type_column="cell_type",
                                overwrite=True)

@@ -8,10 +8,13 @@ The engine (``pipeline.run_pipeline``) is the same for every executor; only wher
 tasks run changes.
 
 =======================  ===============================================================
-no address given         an embedded cluster on 127.0.0.1: ``dask_cuda.LocalCUDACluster``
-                         (one worker per GPU, resource ``GPU=1``) when CUDA GPUs are there
-                         and dask-cuda is installed, else ``distributed.LocalCluster`` with
-                         process workers, one thread each
+no address given         an embedded cluster on 127.0.0.1, sized by the run's device
+                         (``plan_cluster``): with GPUs and device auto/cuda, one worker
+                         per GPU, each seeing its GPU alone as ``cuda:0``, resource
+                         ``GPU=1`` (``dask_cuda.LocalCUDACluster`` when dask-cuda imports,
+                         else a ``LocalCluster`` with ``CUDA_VISIBLE_DEVICES`` set per
+                         worker); else ``distributed.LocalCluster`` with CPU process
+                         workers that never initialise CUDA, one thread each
 ``scheduler=ADDRESS``    an existing cluster (``dask scheduler`` + ``dask worker``/``dask
 ``scheduler_file=FILE``  cuda worker``, SLURM, Kubernetes: see ``cluster/README.md``)
 ``client=CLIENT``        a ``distributed.Client`` the caller made (left open at the end)
@@ -36,7 +39,7 @@ What the executor guarantees:
 from __future__ import annotations
 
 import concurrent.futures
-import importlib.util
+import dataclasses
 import logging
 import math
 import os
@@ -48,14 +51,15 @@ from pathlib import Path
 from typing import Any
 
 import dask
-from distributed import WorkerPlugin
+from distributed import LocalCluster, SpecCluster, WorkerPlugin
 
 from .errors import InputError, MissingFileError
 
-__all__ = ["start_executor", "DaskExecutor", "use_cuda_cluster", "chunk_cells_for", "plan_chunk_cells",
-           "torch_threads_for"]
-
+from ._device import WORKER_DEVICE, parse_device
 from .params import DEFAULT_DASHBOARD
+
+__all__ = ["start_executor", "DaskExecutor", "ClusterPlan", "plan_cluster", "visible_gpus", "chunk_cells_for",
+           "plan_chunk_cells", "torch_threads_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,17 +70,95 @@ _BYTES_PER_VALUE = 16  # per cell and gene in one AUC task: the rows read (CSR o
 # ----------------------------------------------------------------------------- starting
 
 
-def use_cuda_cluster() -> bool:
-    """Whether the embedded cluster is a ``LocalCUDACluster``: CUDA GPUs and dask-cuda installed.
+@dataclasses.dataclass(frozen=True)
+class ClusterPlan:
+    """What an embedded cluster starts, decided once from the run's device and this machine.
 
-    dask-cuda is looked up (``importlib.util.find_spec``), never imported, so a machine
-    without GPUs never attempts the import.
+    ``kind``: ``'dask-cuda'`` (``LocalCUDACluster``), ``'gpu-processes'`` (a ``LocalCluster``
+    with one process per GPU) or ``'cpu'``. ``gpus``: the ``CUDA_VISIBLE_DEVICES`` entry of
+    each GPU worker (none for CPU workers). ``n_workers``: None for the CPU default.
     """
+
+    kind: str
+    n_workers: int | None
+    gpus: tuple[str, ...] = ()
+
+    @property
+    def gpu(self) -> bool:
+        return self.kind != "cpu"
+
+    def worker_environment(self, gpu: str | None = None) -> dict[str, str]:
+        """What a worker's environment gets on top of Dask's: its device for ``resolve_device``,
+        and the GPUs it may see (none for a CPU worker, so it never initialises CUDA)."""
+        if not self.gpu:
+            return {"CUDA_VISIBLE_DEVICES": "", WORKER_DEVICE: "cpu"}
+        return {WORKER_DEVICE: "cuda:0", **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})}
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may hand to workers: ``CUDA_VISIBLE_DEVICES``'s entries when it
+    is set, else ``0 .. device_count - 1``; none without CUDA."""
     import torch
 
-    if not torch.cuda.is_available() or torch.cuda.device_count() < 1:
-        return False
-    return importlib.util.find_spec("dask_cuda") is not None
+    if not torch.cuda.is_available():
+        return []
+    count = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None and listed.strip():
+        return [entry.strip() for entry in listed.split(",") if entry.strip()][:count]
+    return [str(i) for i in range(count)]
+
+
+def plan_cluster(device: str = "auto", n_workers: int | None = None) -> ClusterPlan:
+    """The embedded cluster for a run on ``device`` (the cluster model of DESIGN.md).
+
+    GPUs and device ``'auto'``/``'cuda'``: one worker per GPU (``n_workers`` of them, at most
+    the GPU count: two processes never share a GPU); ``'cuda:N'``: one worker on GPU N.
+    dask-cuda is imported only here, only when GPUs are there; an installed dask-cuda that
+    fails to import gives one warning and the one-process-per-GPU ``LocalCluster``.
+    ``'cpu'``, or no GPU: CPU workers (``n_workers``, default ``default_cpu_workers``).
+    """
+    if n_workers is not None and (isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1):
+        raise InputError(f"n_workers of an embedded cluster must be a positive integer, got {n_workers!r}")
+    kind, index = parse_device(device)
+    gpus = visible_gpus() if kind != "cpu" else []
+    if not gpus:
+        return ClusterPlan("cpu", n_workers)
+    if index is not None:
+        if index >= len(gpus):
+            raise InputError(f"device='cuda:{index}' but this machine has {len(gpus)} visible GPU(s) "
+                             f"(cuda:0..cuda:{len(gpus) - 1})")
+        gpus = [gpus[index]]
+    if n_workers is not None and n_workers > len(gpus):
+        raise InputError(f"n_workers={n_workers} but {len(gpus)} GPU(s) are there for device={device!r}: an embedded "
+                         f"cluster runs one worker per GPU (n_workers <= {len(gpus)}), or pass device='cpu' "
+                         "(--device cpu) for CPU workers")
+    gpus = gpus[: n_workers or len(gpus)]
+    return ClusterPlan("dask-cuda" if _dask_cuda_imports() else "gpu-processes", len(gpus), tuple(gpus))
+
+
+_dask_cuda_warned = False
+
+
+def _dask_cuda_imports() -> bool:
+    """Whether dask-cuda is installed and imports (tried only when GPUs are there). A broken
+    install (dask-cuda pins dask, distributed and RAPIDS versions) warns once, not fails the run."""
+    global _dask_cuda_warned
+    try:
+        import dask_cuda  # noqa: F401
+    except ModuleNotFoundError as error:
+        if error.name == "dask_cuda":
+            return False  # not installed: the one-process-per-GPU LocalCluster, silently
+        failure = error
+    except Exception as error:  # noqa: BLE001  (any import failure of a third-party package)
+        failure = error
+    else:
+        return True
+    if not _dask_cuda_warned:
+        logger.warning("dask-cuda is installed but does not import (%s: %s); starting one worker process per GPU "
+                       "without it", type(failure).__name__, failure)
+        _dask_cuda_warned = True
+    return False
 
 
 def start_executor(
@@ -88,6 +170,7 @@ def start_executor(
     memory_limit: str | int | float | None = "auto",
     security=None,
     *,
+    device: str = "auto",
     client=None,
     use_running: bool = False,
     retries: int = 2,
@@ -100,8 +183,9 @@ def start_executor(
     Parameters
     ----------
     n_workers
-        Embedded cluster: worker processes (default: one per GPU with dask-cuda; else one
-        per ``threads_per_worker`` cores, at most one per 2 GiB of memory). ``0``: no Dask, tasks run in this process (``InProcessExecutor``).
+        Embedded cluster: worker processes (GPU workers: one per GPU, and no more than
+        there are GPUs; CPU workers: one per ``threads_per_worker`` cores, at most one per
+        2 GiB of memory). ``0``: no Dask, tasks run in this process (``InProcessExecutor``).
         With ``scheduler``/``scheduler_file``: wait for at least this many workers.
     threads_per_worker
         Threads (concurrent tasks) per worker of the embedded cluster.
@@ -118,6 +202,10 @@ def start_executor(
     security
         A ``distributed.Security`` (TLS); default: Dask's configuration
         (``distributed.comm.tls.*``, see ``cluster/tls``).
+    device
+        The run's device, which sizes the embedded cluster (``plan_cluster``): ``'auto'`` or
+        ``'cuda'`` with GPUs there, one GPU worker per GPU; ``'cuda:N'``, one on GPU N;
+        ``'cpu'`` (or no GPU), CPU workers that never initialise CUDA.
     retries
         Retries of a task that raised an unexpected exception (worker loss is retried by
         Dask itself; user errors are never retried).
@@ -168,6 +256,7 @@ def start_executor(
             raise InputError("n_workers=0 runs in this process; it cannot be combined with a scheduler")
         return InProcessExecutor()
     _check_memory_limit(memory_limit)  # here: the embedded cluster starts in the background
+    plan = plan_cluster(device, n_workers) if not external else None
 
     from distributed import Client
 
@@ -185,12 +274,11 @@ def start_executor(
             raise
         _log_started(client, None, dashboard=True)
         return executor
-    cuda = use_cuda_cluster()
 
     def start():  # in a thread: the workers spawn while this process reads the input and trains the GRN
         try:
-            cluster = _embedded_cluster(n_workers, threads_per_worker, dashboard_address, memory_limit, security,
-                                        local_directory, cuda)
+            cluster = _embedded_cluster(plan, threads_per_worker, dashboard_address, memory_limit, security,
+                                        local_directory)
         except BaseException as error:
             logger.error("the embedded Dask cluster did not start: %s", error)  # now, not at its first use
             raise
@@ -212,7 +300,7 @@ def start_executor(
     # environment while this one works.
     os.environ.update({str(k): str(v) for k, v in worker_environment().items()})
     starting = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="flashscenic-dask-start")
-    executor = DaskExecutor(starting.submit(start), retries=retries, verbose=verbose, local_cpus=not cuda)
+    executor = DaskExecutor(starting.submit(start), retries=retries, verbose=verbose, local_cpus=not plan.gpu)
     starting.shutdown(wait=False)
     return executor
 
@@ -278,25 +366,50 @@ def default_cpu_workers(threads_per_worker: int = 1, min_memory: int = 2 * 2**30
     return max(1, min(cores // max(1, threads_per_worker), by_memory))
 
 
-def _embedded_cluster(n_workers, threads_per_worker, dashboard_address, memory_limit, security, local_directory,
-                      cuda: bool):
+def _embedded_cluster(plan: ClusterPlan, threads_per_worker, dashboard_address, memory_limit, security,
+                      local_directory):
     dashboard = _local_dashboard(dashboard_address)
-    options: dict[str, Any] = dict(n_workers=n_workers, threads_per_worker=threads_per_worker, host=_LOCALHOST,
+    options: dict[str, Any] = dict(n_workers=plan.n_workers, threads_per_worker=threads_per_worker, host=_LOCALHOST,
                                    dashboard_address=dashboard, memory_limit=memory_limit, silence_logs=logging.ERROR)
     if security is not None:
         options["security"] = security
     if local_directory is not None:
         options["local_directory"] = str(local_directory)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environment()}):
-        if cuda:
-            from dask_cuda import LocalCUDACluster  # only here: GPUs are present and dask-cuda is installed
+        if plan.kind == "dask-cuda":
+            from dask_cuda import LocalCUDACluster  # only here: GPUs are there and dask-cuda imports
 
-            return LocalCUDACluster(resources={"GPU": 1}, **options)
-        from distributed import LocalCluster
-
+            with dask.config.set({"distributed.nanny.environ": {**dask.config.get("distributed.nanny.environ", {}),
+                                                                **plan.worker_environment()}}):
+                return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(plan.gpus), resources={"GPU": 1}, **options)
+        if plan.kind == "gpu-processes":
+            return _GPUProcessCluster(plan, **options)
         if options["n_workers"] is None:
             options["n_workers"] = default_cpu_workers(threads_per_worker)
-        return LocalCluster(processes=True, **options)
+        return LocalCluster(processes=True, env=plan.worker_environment(), **options)
+
+
+class _OneGPUEach(SpecCluster):
+    """Between LocalCluster and SpecCluster in ``_GPUProcessCluster``'s MRO: gives the i-th
+    worker of LocalCluster's spec the i-th GPU of the plan."""
+
+    gpu_plan: ClusterPlan
+
+    def __init__(self, *args, workers=None, **kwargs):
+        workers = {name: {**spec, "options": {**spec["options"], "resources": {"GPU": 1},
+                                              "env": self.gpu_plan.worker_environment(gpu)}}
+                   for (name, spec), gpu in zip(dict(workers or {}).items(), self.gpu_plan.gpus)}
+        super().__init__(*args, workers=workers, **kwargs)
+
+
+class _GPUProcessCluster(LocalCluster, _OneGPUEach):
+    """A ``LocalCluster`` with one worker process per GPU, each seeing its GPU alone
+    (``CUDA_VISIBLE_DEVICES``) as ``cuda:0``, with resource ``GPU=1``: dask-cuda's layout
+    without dask-cuda."""
+
+    def __init__(self, plan: ClusterPlan, **options):
+        self.gpu_plan = plan
+        super().__init__(processes=True, **options)
 
 
 def worker_environment() -> dict:
@@ -448,8 +561,9 @@ def torch_threads_for(worker_threads: int, host_threads: int) -> int:
 
 class _WorkerSetup(WorkerPlugin):
     """Worker plugin, for each worker (new ones included): sets torch's threads
-    (``torch_threads_for``), then loads what the pipeline's tasks run (``_warm``), so a worker's
-    first pruning or AUCell task does not pay a second or two of imports."""
+    (``torch_threads_for``), then loads what the pipeline's tasks run on the worker's device
+    (``_warm``), so a worker's first pruning or AUCell task does not pay a second or two of
+    imports, numba's kernels or CUDA's context."""
 
     name = "flashscenic-worker-setup"
     idempotent = False
@@ -468,17 +582,20 @@ class _WorkerSetup(WorkerPlugin):
 
 
 def _warm() -> None:
-    """Import the task modules and run AUCell once on a 2 x 4 matrix (numba loads its kernels
-    from its cache). A failure here is only logged: the task that needs the module reports it."""
+    """Import the task modules and run AUCell once on a 2 x 4 matrix on the worker's device
+    (``resolve_device('auto')``: on a CPU worker numba loads its kernels from its cache, on a
+    GPU worker CUDA makes its context and loads torch's kernels). A failure here is only
+    logged: the task that needs the module reports it."""
     try:
         import numpy as np
 
         from . import stages  # noqa: F401  (the task functions; they import cistarget)
+        from ._device import resolve_device
         from .aucell import get_aucell
         from .cistarget import CisTargetPruner  # noqa: F401
 
         get_aucell(np.arange(8, dtype=np.float32).reshape(2, 4), np.ones((1, 4)), k=None, auc_threshold=0.5,
-                   device="cpu", seed=0, verbose=False)
+                   device=resolve_device("auto"), seed=0, verbose=False)
     except Exception as error:  # noqa: BLE001
         logger.warning("warming this worker failed (its first task will say why): %s", error)
 

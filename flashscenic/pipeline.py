@@ -38,9 +38,9 @@ from ._utils import is_anndata, release_freed_memory
 from .errors import InputError, MissingFileError, ResumeMismatchError, RunExistsError
 from .executors import InProcessExecutor
 from .params import STORE_PIPELINE_ONLY, Params
-from .stages import (Resources, aucell_block, aucell_chunk_task, grn_run_task, grn_task, infer_weights,
-                     make_modules, prune, regulon_matrix, regulons_of, require_regdiffusion, resources_of,
-                     sparse_weights)
+from .stages import (Resources, aucell_block, aucell_chunk_task, coordinator_device, grn_run_task, grn_task,
+                     infer_weights, make_modules, prune, regulon_matrix, regulons_of, release_gpu_memory,
+                     require_regdiffusion, resources_of, sparse_weights)
 
 __all__ = ["run_flashscenic", "multi_run_flashscenic", "run_pipeline"]
 
@@ -251,6 +251,7 @@ def _in_memory(exp_matrix, gene_names, params: Params, *, adj_matrix=None, runs:
         regulons = [{**r, "recurrence": float(out["regulon_recurrence"].get(r["name"], 0.0))} for r in regulons]
         del out["runs"]
     with timer("aucell"):
+        release_gpu_memory()
         names, adjacency = regulon_matrix(regulons, gene_names)
         auc = aucell_block(exp_matrix, adjacency, params)
     parameters["timings"] = timer.seconds
@@ -724,7 +725,8 @@ def _stages(results, store, tf_names, params: Params, resources: Resources, adja
         regulons = results.read_regulons()
     else:
         with timer("modules"):  # small and deterministic: recomputed on resume, not stored
-            modules = make_modules(weights, tf_rows, gene_names, params)
+            modules = make_modules(weights, tf_rows, gene_names, params,
+                                   device=coordinator_device(executor, params))
         _mark(results, timer, "modules", n_modules=len(modules))
         with timer("pruning"), executor.stage("pruning"):
             table, regulons = prune(modules, params, resources, executor, n_prune_shards or executor.slots)

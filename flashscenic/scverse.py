@@ -306,7 +306,8 @@ def _on_engine(adata, layer, given: dict, multi: dict, n_workers, client, run_di
     if adj_matrix is not None and not isinstance(adj_matrix, pd.DataFrame):
         raise InputError("on the engine adj_matrix must be an adjacency table (TF, target, importance), not a matrix")
     starter = (functools.partial(start_executor, client=client, verbose=params.verbose) if client is not None
-               else functools.partial(start_executor, n_workers=n_workers, verbose=params.verbose))
+               else functools.partial(start_executor, n_workers=n_workers, device=params.device,
+                                 verbose=params.verbose))
     with tempfile.TemporaryDirectory(prefix="flashscenic-") as scratch:
         folder = Path(run_dir) if run_dir is not None else Path(scratch) / "run"
         results = run_pipeline(adata, folder, params=params, adjacencies=adj_matrix, layer=layer, executor=starter,

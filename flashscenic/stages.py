@@ -193,12 +193,13 @@ def _weights_from_adjacencies(adjacencies, gene_names: list[str], tf_names, para
 
 
 def make_modules(weights: np.ndarray, tf_names: Sequence[str], gene_names: Sequence[str], params: Params,
-                 expression=None) -> list:
+                 expression=None, device=None) -> list:
     """pySCENIC's modules from TF x gene weights; raise, with counts, when none survives.
 
     With ``expression`` (cells x genes), links are split by correlation and only activating
     modules are kept, as pySCENIC's ``ctx`` does; without it (the pipeline's GRN weights
-    are RegDiffusion's) no split is made.
+    are RegDiffusion's) no split is made. ``device`` (default ``params.device``): a
+    coordinator of GPU workers builds them on the CPU, so no second process holds a GPU.
     """
     from .modules import build_modules
 
@@ -206,7 +207,7 @@ def make_modules(weights: np.ndarray, tf_names: Sequence[str], gene_names: Seque
                             percentile_thresholds=params.module_percentile_thresholds,
                             top_n_targets=(params.module_k,), top_n_per_target=params.module_top_n_per_target,
                             min_genes=0, include_tf=params.module_include_tf, expression=expression,
-                            device=params.device)
+                            device=params.device if device is None else device)
     n_built, n_tfs = len(modules), len({m.tf for m in modules})
     kept = [m for m in modules if len(m) >= params.module_min_targets]
     n_small = n_built - len(kept)
@@ -423,13 +424,31 @@ def regulons_of(weights: np.ndarray, tf_names: Sequence[str], gene_names: Sequen
                 resources: Resources, executor, n_shards: int) -> list[dict]:
     """The regulons of one network (modules, pruning tasks, merge); none when nothing survives."""
     try:
-        modules = make_modules(weights, tf_names, gene_names, params)
+        modules = make_modules(weights, tf_names, gene_names, params, device=coordinator_device(executor, params))
     except InputError:
         return []
     try:
         return prune(modules, params, resources, executor, n_shards, verbose=False)[1]
     except InputError:
         return []
+
+
+def coordinator_device(executor, params: Params) -> str:
+    """Where the coordinator computes its small steps (modules, the no-regulon diagnosis): the
+    run's device in process, the CPU when tasks run elsewhere (GPU workers own the GPUs)."""
+    return "cpu" if getattr(executor, "remote", False) else params.device
+
+
+def release_gpu_memory() -> None:
+    """In a process that uses CUDA: free its pruners (their databases live on the GPU) and
+    torch's cached blocks, so AUCell after pruning gets the GPU's memory back. Nothing on the
+    CPU, where the pruners stay cached for the next run."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        _pruner.cache_clear()
+        torch.cuda.empty_cache()
 
 
 def prune(modules: Sequence, params: Params, resources: Resources, executor=None, n_shards: int = 1,
@@ -442,9 +461,9 @@ def prune(modules: Sequence, params: Params, resources: Resources, executor=None
     task_params = params.replace(verbose=False) if executor.remote else params
     tasks = [(str(db), shard, str(resources.motif_annotation), task_params)
              for db in resources.ranking_databases for shard in tf_shards(modules, n_shards)]
-    tables = executor.map(prune_task, tasks, description="pruning",
+    tables = executor.map(prune_task, tasks, description="pruning", gpu=True,
                           verbose=params.verbose if verbose is None else verbose)
-    return merge_pruned(tables, modules, params, resources)
+    return merge_pruned(tables, modules, params.replace(device=coordinator_device(executor, params)), resources)
 
 
 def aucell_chunk_task(results_path: str, expression_path: str, index: int, regulon_adjacency,
@@ -459,6 +478,7 @@ def aucell_chunk_task(results_path: str, expression_path: str, index: int, regul
     results = open_results_store(results_path)
     if run_id is not None and results.parameters.get("run_id") != run_id:
         raise InputError(f"{results_path} now holds another run; this AUCell task of run {run_id} is obsolete")
+    release_gpu_memory()
     start, stop = results.auc_chunk_ranges()[index]
     store = open_expression_store(expression_path)
     block = store.read_rows(start, stop, "csr" if store.layout == "csr" else "dense")

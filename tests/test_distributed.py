@@ -15,7 +15,6 @@ Clusters are ``distributed.LocalCluster`` process workers on 127.0.0.1, one thre
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import signal
 import subprocess
@@ -46,8 +45,8 @@ from flashscenic.distributed import (  # noqa: E402
     chunk_cells_for,
     plan_chunk_cells,
     start_executor,
+    plan_cluster,
     torch_threads_for,
-    use_cuda_cluster,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,7 +193,7 @@ def test_distributed_equals_in_process(case, tmp_path, n_workers, chunks):
     if n_workers == 1:  # the embedded-cluster path of start_executor, and never dask-cuda here
         executor = start_executor(n_workers=1, dashboard_address=None, verbose=False)
         assert isinstance(executor, DaskExecutor)
-        if not use_cuda_cluster():
+        if not plan_cluster().gpu:  # no GPU here: dask-cuda is never imported
             assert "dask_cuda" not in sys.modules
             assert type(executor.cluster).__name__ == "LocalCluster"
         assert executor.client.scheduler.address.startswith("tcp://127.0.0.1:")
@@ -706,26 +705,6 @@ def test_torch_threads_never_oversubscribe(monkeypatch):
     assert engine.default_cpu_workers() == 16
     monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"total": 8 * 2**30})())
     assert engine.default_cpu_workers() == 4  # at least 2 GiB each
-
-
-def test_cuda_cluster_only_with_gpus_and_dask_cuda(monkeypatch):
-    import torch
-
-    looked_up = []
-
-    def find_spec(name, *args):
-        looked_up.append(name)
-        return object() if name == "dask_cuda" else importlib.util.find_spec(name, *args)
-
-    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert use_cuda_cluster() is False and looked_up == []  # no GPU: dask-cuda is not even looked up
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert use_cuda_cluster() is True and looked_up == ["dask_cuda"]
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
-    assert use_cuda_cluster() is False
-    assert "dask_cuda" not in sys.modules
 
 
 def test_a_given_client_is_used_left_open_and_its_dashboard_shows_the_stages(case, tmp_path):
