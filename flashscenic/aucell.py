@@ -24,6 +24,11 @@ permuted position) of its positive values only, or of those and the first zeros 
 permutation when it has fewer than c: a sparse row is never densified (``_rank_keys``); numpy
 sorts the keys per row, and a numba kernel adds each selected gene only to the regulons that
 hold it (``_score_keys``).
+
+On a GPU (``_score_with_torch``) a batch of thousands of cells (sized from the free GPU
+memory) is selected with one int64 top-k of (value bits, tie position) keys, or one stable
+sort for float64 and integer input, and multiplied densely with the weights in float64: the
+same AUCs to 1e-6 (float32 output), though not bit for bit (the GPU sums in its own order).
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ logger = logging.getLogger(__name__)
 
 Ties = Literal["pyscenic", "average"]
 _CHECK_VALUES = 2**22  # values per block when scanning input for NaN/inf (bounds memory)
+_CUDA_BYTES_PER_VALUE = 64  # device bytes per cell and gene of a batch: rows, keys, top-k, S (an estimate with room)
+_CUDA_MEMORY_SHARE = 0.5  # of the free GPU memory, for one batch
+_CUDA_ROWS_MAX = 8192  # cells per GPU batch at most: larger ones gain nothing
+_RESULT_BYTES = 2**28  # scores held on the device between copies back
 _SPARSE_VALUES = 2**16  # keys a CPU batch of sparse rows holds at most (or batch_size rows)
 _TASKS_PER_THREAD = 4  # batches go to the pool in this many tasks a thread: fewer hand-offs, still balanced
 
@@ -76,8 +85,9 @@ def get_aucell(
     Parameters
     ----------
     exp_array
-        Expression, cells x genes: numpy array, scipy.sparse matrix (on the CPU ranked
-        from its stored values, never densified; on a GPU one batch of rows at a time), torch
+        Expression, cells x genes: numpy array, scipy.sparse matrix (never densified on the
+        host: on the CPU ranked from its stored values; to a GPU sent as CSR, one batch of rows
+        at a time, and densified there), torch
         tensor, or (with a network) a pandas DataFrame whose columns name the genes.
         Log-transformed values as pySCENIC expects; negative values (z-scores) are fine.
     adj_array
@@ -101,7 +111,8 @@ def get_aucell(
     batch_size
         Cells per batch. Bounds memory (about ``batch_size * n_genes`` values a few times
         over); results do not depend on it beyond float rounding. Sparse rows, ranked
-        from their stored values alone, go as many at a time as fit in the same bound.
+        from their stored values alone, go as many at a time as fit in the same bound. On
+        a GPU it is a floor: batches take a share of the free GPU memory (thousands of cells).
     seed
         Seed of the gene permutation that breaks ties; the same seed gives pySCENIC's
         ``aucell(..., seed=seed)`` result. ``None`` draws a fresh permutation.
@@ -258,17 +269,11 @@ class _TieOrder:
         return torch.topk(keys, c, dim=1, sorted=True).indices
 
     def _top_genes_general(self, x: torch.Tensor, c: int) -> torch.Tensor:
-        # Any dtype: in permuted column order a stable descending sort is the ranking. Take
-        # the c-th largest value v; all genes above v are in; of those equal to v, the first
-        # in permuted order fill the remaining places; a stable sort of the c orders them.
+        # Any dtype: in permuted column order a stable descending sort is the ranking (one
+        # segmented sort, no data-dependent shapes, so nothing waits for the device).
         xp = x[:, self.perm] + 0.0  # -0.0 becomes 0.0: radix sorts (CUDA) would split them
-        v = torch.topk(xp, c, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
-        above, at = xp > v, xp == v
-        places_left = c - above.sum(dim=1, keepdim=True)
-        chosen = above | (at & (at.cumsum(dim=1) <= places_left))
-        position = chosen.nonzero()[:, 1].view(x.shape[0], c)  # ascending in each row
-        order = torch.sort(xp.gather(1, position), dim=1, descending=True, stable=True).indices
-        return self.perm[position.gather(1, order)]
+        order = torch.sort(xp, dim=1, descending=True, stable=True).indices[:, :c]
+        return self.perm[order]
 
 
 _NO_KEY = np.iinfo(np.int64).max  # fills a row with fewer keys than the widest: sorts after every key
@@ -488,38 +493,66 @@ class _InThread:
         return map(fn, items)
 
 
+def torch_batch_rows(dev: torch.device, n_genes: int, batch_size: int) -> int:
+    """Cells per batch of the torch path: ``batch_size`` on the CPU; on a GPU as many as fit in
+    a share of its free memory (``_CUDA_BYTES_PER_VALUE`` a cell and gene), at least
+    ``batch_size`` and at most ``_CUDA_ROWS_MAX``: thousands of cells, not 32."""
+    if dev.type != "cuda":
+        return batch_size
+    free, _ = torch.cuda.mem_get_info(dev)
+    fit = int(free * _CUDA_MEMORY_SHARE) // (_CUDA_BYTES_PER_VALUE * n_genes)
+    return max(batch_size, min(fit, _CUDA_ROWS_MAX))
+
+
 def _score_with_torch(expr, tie_order: _TieOrder | None, c: int, weights: sp.csr_matrix, batch_size: int,
                       dev: torch.device, out: np.ndarray, verbose: bool) -> None:
-    """AUCs into ``out`` with torch on ``dev`` (the GPU path, and ``ties='average'``), batch_size
-    rows at a time, with the genes x regulons weights dense on the device."""
+    """AUCs into ``out`` with torch on ``dev`` (the GPU path, and ``ties='average'``), with the
+    genes x regulons weights dense on the device.
+
+    Made for a GPU: batches sized by ``torch_batch_rows``; a batch's rows (CSR as CSR) are
+    prepared and pinned by a helper thread while the device works on the one before, copied
+    asynchronously and densified on the device; scores stay there and come back once per
+    chunk of ``_RESULT_BYTES``. Nothing in the loop waits for the device.
+    """
     weights_t = torch.from_numpy(np.ascontiguousarray(weights.toarray().T)).to(dev)
     n_cells, n_genes = expr.shape
-    starts = range(0, n_cells, batch_size)
-    bar = tqdm(starts, desc="AUCell", unit="batch", disable=None if verbose and len(starts) > 1 else True)
-    with torch.inference_mode():
-        for start in bar:
-            stop = min(start + batch_size, n_cells)
-            x = expr.rows(start, stop, dev)
-            if tie_order is not None:
-                scores = _rank_product(tie_order.top_genes(x, c), n_genes, weights_t)
-            else:
-                scores = _average_scores(x, c) @ weights_t
-            out[start:stop] = scores.to("cpu", torch.float32).numpy()
+    n_regulons = weights.shape[0]
+    rows = torch_batch_rows(dev, n_genes, batch_size)
+    batches = [(start, min(start + rows, n_cells)) for start in range(0, n_cells, rows)]
+    per_chunk = max(1, _RESULT_BYTES // (4 * max(n_regulons, 1) * rows))  # batches a copy back
+    pin = dev.type == "cuda"
+    out_t = torch.from_numpy(out)
+    bar = tqdm(total=len(batches), desc="AUCell", unit="batch", disable=None if verbose and len(batches) > 1 else True)
+    with torch.inference_mode(), ThreadPoolExecutor(1, thread_name_prefix="aucell-upload") as pool:
+        pending = pool.submit(expr.host_rows, *batches[0], pin)
+        for first in range(0, len(batches), per_chunk):
+            chunk = batches[first : first + per_chunk]
+            lo, hi = chunk[0][0], chunk[-1][1]
+            scores = out_t[lo:hi] if dev.type == "cpu" else torch.empty((hi - lo, n_regulons), dtype=torch.float32,
+                                                                        device=dev)
+            for index, (start, stop) in enumerate(chunk, start=first):
+                host = pending.result()
+                if index + 1 < len(batches):
+                    pending = pool.submit(expr.host_rows, *batches[index + 1], pin)
+                x = expr.on_device(host, dev)
+                if tie_order is not None:
+                    batch = _rank_product(tie_order.top_genes(x, c), n_genes, weights_t)
+                else:
+                    batch = _average_scores(x, c) @ weights_t
+                scores[start - lo : stop - lo] = batch
+                bar.update()
+            if dev.type != "cpu":
+                out_t[lo:hi] = scores.cpu()  # the one wait for the device, once per chunk
+    bar.close()
 
 
 def _rank_product(genes: torch.Tensor, n_genes: int, weights_t: torch.Tensor) -> torch.Tensor:
-    """S @ weights_t, with S[cell, gene of rank r] = c - r held as a CSR matrix (c non-zeros a row)."""
+    """S @ weights_t, with S[cell, gene of rank r] = c - r, dense on the device: a scatter and a
+    dense float64 product, deterministic and with no sparse format (and its index order) at all."""
     n_cells, c = genes.shape
     contribution = torch.arange(c, 0, -1, device=genes.device, dtype=weights_t.dtype)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        s = torch.sparse_csr_tensor(
-            torch.arange(0, n_cells * c + 1, c, device=genes.device),
-            genes.reshape(-1),
-            contribution.repeat(n_cells),
-            size=(n_cells, n_genes),
-            check_invariants=False,
-        )
+    s = torch.zeros((n_cells, n_genes), dtype=weights_t.dtype, device=genes.device)
+    s.scatter_(1, genes, contribution.expand(n_cells, c))
     return s @ weights_t
 
 
@@ -608,14 +641,37 @@ class _Expression:
             return self.data[start:stop].detach().to("cpu", self.dtype).numpy()
         return np.asarray(self.data[start:stop], dtype=_NUMPY_DTYPE[self.dtype])
 
-    def rows(self, start: int, stop: int, device: torch.device) -> torch.Tensor:
-        """Dense rows [start, stop) on ``device``, in the dtype the ranking works in."""
-        block = self.data[start:stop]
+    def host_rows(self, start: int, stop: int, pin: bool):
+        """Rows [start, stop) ready to send to a device, never densified on the host: CPU
+        tensors ``(indptr, indices, values)`` of CSR rows, or the dense block; pinned (page-
+        locked, so the copy is asynchronous) with ``pin``. Runs in the upload thread."""
+        if self.kind == "torch":
+            block = self.data[start:stop]
+            return block.pin_memory() if pin and block.device.type == "cpu" else block
+        dtype = _NUMPY_DTYPE[self.dtype]
         if self.kind == "sparse":
-            block = block.toarray()
-        if self.kind != "torch":
-            block = torch.from_numpy(np.asarray(block))
-        return block.to(device=device, dtype=self.dtype)
+            lo, hi = int(self.data.indptr[start]), int(self.data.indptr[stop])
+            parts = ((self.data.indptr[start : stop + 1] - lo).astype(np.int64), self.data.indices[lo:hi],
+                     np.asarray(self.data.data[lo:hi], dtype=dtype))
+        else:
+            parts = (np.asarray(self.data[start:stop], dtype=dtype),)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            tensors = tuple(torch.from_numpy(np.ascontiguousarray(part)) for part in parts)
+        tensors = tuple(t.pin_memory() for t in tensors) if pin else tensors
+        return tensors if self.kind == "sparse" else tensors[0]
+
+    def on_device(self, host, device: torch.device) -> torch.Tensor:
+        """``host_rows``'s rows as a dense batch on ``device``, in the dtype the ranking works in:
+        copied without waiting, CSR rows densified there (duplicate entries summed, as scipy does)."""
+        if not isinstance(host, tuple):
+            return host.to(device=device, non_blocking=True).to(self.dtype)
+        indptr, indices, values = (t.to(device, non_blocking=True) for t in host)
+        n_rows = indptr.numel() - 1
+        rows = torch.repeat_interleave(torch.arange(n_rows, device=device), indptr.diff(),
+                                       output_size=values.numel())  # the size given: no wait for the device
+        x = torch.zeros((n_rows, self.shape[1]), dtype=self.dtype, device=device)
+        return x.index_put_((rows, indices.long()), values.to(self.dtype), accumulate=not self.canonical)
 
     def _check_finite(self) -> None:
         integer = not self.data.dtype.is_floating_point if self.kind == "torch" else self.data.dtype.kind in "iub"

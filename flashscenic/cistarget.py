@@ -566,6 +566,7 @@ class _DatabaseKernel:
         self.rank_threshold = rank_threshold
         self.ranks_by_gene = torch.from_numpy(database.ranks_by_gene).to(device)
         self._scores_t = None
+        self._batched = None  # leading edges in batches (default: on a GPU); tests set it on the CPU
 
     def scores_t(self) -> torch.Tensor:
         """S.T as CSR: row g holds c - R_mg for the motifs m where gene g ranks below c."""
@@ -588,35 +589,130 @@ class _DatabaseKernel:
         return self._scores_t
 
     def aucs(self, indices: list[np.ndarray], weights: list[np.ndarray]) -> torch.Tensor:
-        """AUCs of a batch of modules (modules x motifs, float64) in one sparse product."""
+        """AUCs of a batch of modules (modules x motifs, float64) in one sparse product. Each
+        module row's genes go in ascending order (canonical CSR, which cuSPARSE assumes)."""
+        orders = [np.argsort(i, kind="stable") for i in indices]
         lengths = torch.tensor([len(i) for i in indices], device=self.device)
         crow = torch.cat([torch.zeros(1, dtype=torch.int64, device=self.device), lengths.cumsum(0)])
-        cols = torch.from_numpy(np.concatenate(indices)).to(self.device)
-        vals = torch.from_numpy(np.concatenate(weights).astype(np.float64)).to(self.device)
+        cols = torch.from_numpy(np.concatenate([i[o] for i, o in zip(indices, orders)])).to(self.device)
+        vals = torch.from_numpy(np.concatenate([np.asarray(w, np.float64)[o] for w, o in zip(weights, orders)]))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            modules = torch.sparse_csr_tensor(crow, cols, vals, size=(len(indices), self.database.n_genes),
+            modules = torch.sparse_csr_tensor(crow, cols, vals.to(self.device), size=(len(indices), self.database.n_genes),
                                               check_invariants=False)
             numerators = (modules @ self.scores_t()).to_dense()
         totals = torch.tensor([float(np.sum(w)) for w in weights], dtype=torch.float64, device=self.device)
         return numerators / ((self.c + 1) * totals[:, None])
 
-    def leading_edges(self, index: np.ndarray, recovery: np.ndarray, weighted: bool, motifs: np.ndarray):
-        """For the given motifs of one module (database gene ``index``, recovery weights):
-        their ranks of the module genes, rank_at_max and leading-edge masks, as numpy.
-        The statistics cover every motif; the curves only those asked for."""
-        if self.device.type == "cpu":  # numpy straight from the database: no torch per module
-            block = self.database.ranks_by_gene[index]
-            mean, std = _recovery_moments_np(block, recovery if weighted else None, self.rank_threshold)
-            rows = block[:, motifs].T
-            _, rank_at_max, members = _leading_edges_np(rows, recovery, mean + 2.0 * std, self.rank_threshold)
-            return rows, rank_at_max, members
-        module_ranks = self.ranks_by_gene[torch.from_numpy(index).to(self.device)].T
-        recovery_t = torch.from_numpy(recovery).to(self.device)
-        mean, std = _recovery_moments(module_ranks, recovery_t if weighted else None, self.rank_threshold)
-        rows = module_ranks[torch.from_numpy(motifs).to(self.device)]
-        _, rank_at_max, members = _leading_edges(rows, recovery_t, mean + 2.0 * std, self.rank_threshold)
-        return rows.cpu().numpy(), rank_at_max.cpu().numpy(), members.cpu().numpy()
+    def leading_edges(self, jobs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], weighted: bool) -> list[tuple]:
+        """For each job (database gene ``index`` of a module, its recovery weights, the motifs
+        whose curves are wanted): those motifs' ranks of the module genes, rank_at_max and
+        leading-edge masks, as numpy. The statistics cover every motif; the curves only those
+        asked for. On the CPU one module at a time with numpy, straight from the database; on a
+        GPU (``batched``) many modules in one go (``_batched_leading_edges``)."""
+        if not self.batched:
+            out = []
+            for index, recovery, motifs in jobs:
+                block = self.database.ranks_by_gene[index]
+                mean, std = _recovery_moments_np(block, recovery if weighted else None, self.rank_threshold)
+                rows = block[:, motifs].T
+                _, rank_at_max, members = _leading_edges_np(rows, recovery, mean + 2.0 * std, self.rank_threshold)
+                out.append((rows, rank_at_max, members))
+            return out
+        return _batched_leading_edges(self.ranks_by_gene, jobs, weighted, self.rank_threshold,
+                                      _batch_elements(self.device))
+
+    @property
+    def batched(self) -> bool:
+        return self.device.type != "cpu" if self._batched is None else self._batched
+
+
+def _batch_elements(device: torch.device) -> int:
+    """(module gene, motif) pairs a batch of leading edges holds: a share of the free GPU memory
+    (about 40 bytes a pair), a fixed 4 M on the CPU."""
+    if device.type != "cuda":
+        return 2**22
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(2**22, int(free * 0.25) // 40)
+
+
+def _batched_leading_edges(ranks_by_gene: torch.Tensor, jobs, weighted: bool, rank_threshold: int,
+                           max_elements: int) -> list[tuple]:
+    """``_DatabaseKernel.leading_edges`` for many modules on ``ranks_by_gene``'s device.
+
+    Modules go in groups of at most ``max_elements`` (module gene, motif) pairs, padded to
+    their longest module with rank ``rank_threshold`` (never counted, never in a leading
+    edge), and pass through fixed-shape kernels only: a sort along the genes, scatter-adds
+    into per-module histograms, cumulative sums, one argmax per curve (the first maximum, as
+    numpy). Each group is copied back once. Unweighted, every sum is of integers and the
+    result is numpy's bit for bit; weighted, the GPU's sums round in their own order.
+    """
+    device = ranks_by_gene.device
+    n_motifs = ranks_by_gene.shape[1]
+    T = rank_threshold
+    out: list[tuple] = []
+    start = 0
+    while start < len(jobs):
+        stop, longest = start, 0
+        while stop < len(jobs) and (stop == start or max(longest, len(jobs[stop][0])) * (stop + 1 - start)
+                                    * n_motifs <= max_elements):
+            longest = max(longest, len(jobs[stop][0]))
+            stop += 1
+        group = jobs[start:stop]
+        n, L = len(group), longest
+        index = np.zeros((n, L), np.int64)
+        recovery = np.zeros((n, L), np.float64)
+        valid = np.zeros((n, L), bool)
+        for b, (genes, weights, _) in enumerate(group):
+            index[b, : len(genes)], recovery[b, : len(genes)], valid[b, : len(genes)] = genes, weights, True
+        index_t, recovery_t, valid_t = (torch.from_numpy(a).to(device, non_blocking=True)
+                                        for a in (index, recovery, valid))
+        block = ranks_by_gene[index_t].to(torch.int64)  # modules x genes x motifs
+        block.masked_fill_(~valid_t[:, :, None], T)
+        base = torch.arange(n, device=device)[:, None, None] * T
+        if weighted:
+            ranks, order = torch.sort(block, dim=1)
+            step = recovery_t[:, :, None].expand_as(block).gather(1, order)
+            cumulative = step.cumsum(dim=1)
+            gains, squares = step, step * (2 * cumulative - step)
+        else:
+            ranks = torch.sort(block, dim=1).values
+            gains = torch.ones((), dtype=torch.int64, device=device).expand_as(ranks)
+            squares = torch.arange(1, 2 * L, 2, device=device)[None, :, None].expand_as(ranks)
+        counted = ranks < T
+        flat = (base + ranks.clamp(max=T - 1)).reshape(-1)
+        zero = torch.zeros((), dtype=gains.dtype, device=device)
+        first = torch.zeros(n * T, dtype=gains.dtype, device=device).index_add_(
+            0, flat, torch.where(counted, gains, zero).reshape(-1)).view(n, T).cumsum(1)
+        second = torch.zeros(n * T, dtype=squares.dtype, device=device).index_add_(
+            0, flat, torch.where(counted, squares, zero).reshape(-1)).view(n, T).cumsum(1)
+        if weighted:  # as _recovery_moments_np
+            mean = first / n_motifs
+            std = (second / n_motifs - mean**2).clamp_(min=0).sqrt_()
+        else:  # as _unweighted_moments_np: integers, then one division and one square root
+            mean = first.to(torch.float64) / n_motifs
+            std = ((n_motifs * second - first * first).to(torch.float64) / (n_motifs * n_motifs)).sqrt_()
+        avg2std = mean + 2.0 * std
+        pair_module = np.concatenate([np.full(len(job[2]), b) for b, job in enumerate(group)]).astype(np.int64)
+        pair_motif = np.concatenate([np.asarray(job[2], np.int64) for job in group])
+        pair_module_t = torch.from_numpy(pair_module).to(device, non_blocking=True)
+        pair_motif_t = torch.from_numpy(pair_motif).to(device, non_blocking=True)
+        rows = block[pair_module_t, :, pair_motif_t]  # pairs x genes: each curve motif's ranks
+        row_counted = rows < T
+        curves = torch.zeros(len(pair_module) * T, dtype=torch.float64, device=device).index_add_(
+            0, (torch.arange(len(pair_module), device=device)[:, None] * T + rows.clamp(max=T - 1)).reshape(-1),
+            torch.where(row_counted, recovery_t[pair_module_t], 0.0).reshape(-1)).view(-1, T).cumsum_(1)
+        rank_at_max = torch.argmax(curves - avg2std[pair_module_t], dim=1)
+        members = rows <= rank_at_max[:, None]
+        rows_np, rank_np, members_np = rows.cpu().numpy(), rank_at_max.cpu().numpy(), members.cpu().numpy()
+        first_pair = 0
+        for b, (genes, _, motifs) in enumerate(group):
+            pairs = slice(first_pair, first_pair + len(motifs))
+            k = len(genes)
+            out.append((rows_np[pairs, :k], rank_np[pairs], members_np[pairs, :k]))
+            first_pair += len(motifs)
+        start = stop
+    return out
 
 
 # ----------------------------------------------------------------------------- pruner
@@ -741,9 +837,10 @@ class CisTargetPruner:
     def prune(self, module_gene_indices, weights=None, tf_name: str | None = None) -> dict:
         """Prune one module given as database gene indices (single database); ``weights``
         given means weighted recovery, as in ``prune_single_module``."""
-        kernel = self._single
-        result = prune_single_module(kernel.database, module_gene_indices, self.rank_threshold, self.auc_threshold,
-                                     self.nes_threshold, weights)
+        kernel = self._single  # computed where the database lives: its tensor on a GPU
+        result = prune_single_module(kernel.database if kernel.device.type == "cpu" else kernel.ranks_by_gene.T,
+                                     module_gene_indices, self.rank_threshold, self.auc_threshold, self.nes_threshold,
+                                     weights)
         if self.motif_annotations is not None and self.filter_for_annotation:
             result = filter_by_annotations(result, kernel.database.motif_names, self.motif_annotations, True, tf_name)
         return result
@@ -853,17 +950,26 @@ class CisTargetPruner:
         for start in bar:
             batch = jobs[start : start + self.module_batch_size]
             recovery_weights = [w if self.weighted_recovery else np.ones(len(i)) for _, i, w in batch]
-            aucs = kernel.aucs([i for _, i, _ in batch], recovery_weights).cpu()
+            aucs = kernel.aucs([i for _, i, _ in batch], recovery_weights).cpu().numpy()  # one copy a batch
+            found = []  # modules with rows to write: (module, its enriched motifs and their annotation)
             for (number, index, weights), recovery, auc_row in zip(batch, recovery_weights, aucs):
-                rows += self._enriched_rows(kernel, index, weights, recovery, auc_row, compute_nes(auc_row),
-                                            tf_names[number], contexts[number])
+                nes = _nes_np(auc_row)
+                chosen = self._chosen_motifs(database, nes, tf_names[number])
+                if chosen is not None:
+                    found.append((number, index, weights, recovery, auc_row, nes, *chosen))
+            edges = kernel.leading_edges([(f[1], f[3], f[-1]) for f in found], self.weighted_recovery)
+            for (number, index, weights, _, auc_row, nes, enriched, annotations, positions, _), edge in zip(found, edges):
+                rows += self._motif_rows(database, index, weights, auc_row, nes, enriched, annotations, positions,
+                                         edge, tf_names[number], contexts[number])
         return rows
 
-    def _enriched_rows(self, kernel, index, weights, recovery, aucs, nes, tf, context) -> list[list]:
-        database = kernel.database
-        enriched = torch.nonzero(nes >= self.nes_threshold).flatten().cpu().numpy()
+    def _chosen_motifs(self, database, nes: np.ndarray, tf: str):
+        """The enriched motifs of one module that become rows: None, or (enriched motif
+        numbers, their annotations, the positions that become rows, the motif whose curve
+        each row takes)."""
+        enriched = np.flatnonzero(nes >= self.nes_threshold)
         if enriched.size == 0:
-            return []
+            return None
         known = self.motif_annotations or MotifAnnotation()
         annotations = known.motifs_of(tf).reindex(database.motif_names[enriched])
         if self.filter_for_annotation and self.motif_annotations is not None:
@@ -871,9 +977,13 @@ class CisTargetPruner:
         else:
             keep = np.ones(enriched.size, dtype=bool)
         if not keep.any():
-            return []
+            return None
         positions, curve_motifs = self._curve_motifs(enriched, keep, annotations)
-        curve_ranks, rank_at_max, members = kernel.leading_edges(index, recovery, self.weighted_recovery, curve_motifs)
+        return enriched, annotations, positions, curve_motifs
+
+    def _motif_rows(self, database, index, weights, aucs, nes, enriched, annotations, positions, edge, tf,
+                    context) -> list[list]:
+        curve_ranks, rank_at_max, members = edge
         gene_names = database.gene_names[index]
         rows = []
         full_context = frozenset((*context, database.name))

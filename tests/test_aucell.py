@@ -527,6 +527,77 @@ def test_cuda_equals_pyscenic(case, ties):
         np.testing.assert_allclose(got, pyscenic_aucell(x, w, threshold, seed), rtol=0, atol=TOL)
 
 
+def _non_canonical(x) -> sp.csr_matrix:
+    """``x`` as CSR rows in shuffled column order, each value split at random in two duplicate
+    entries (exactly: the parts are multiples of 1/4 of a value, or integers)."""
+    m = sp.csr_matrix(x)
+    rng = np.random.default_rng(m.nnz)
+    quarters = rng.integers(0, 5, m.nnz)
+    half = (m.data * (quarters / 4)).astype(m.data.dtype) if m.data.dtype.kind == "f" else (m.data * quarters) // 4
+    indices, data = [], []
+    for row in range(m.shape[0]):
+        lo, hi = m.indptr[row], m.indptr[row + 1]
+        both = np.concatenate([np.arange(lo, hi), np.arange(lo, hi)])
+        first = np.concatenate([np.ones(hi - lo, bool), np.zeros(hi - lo, bool)])
+        order = rng.permutation(both.size)
+        indices.append(m.indices[both[order]])
+        data.append(np.where(first[order], half[both[order]], m.data[both[order]] - half[both[order]]))
+    out = sp.csr_matrix((np.concatenate(data), np.concatenate(indices), 2 * m.indptr), shape=m.shape)
+    assert not out.has_canonical_format and out.nnz == 2 * m.nnz
+    return out
+
+
+_INPUTS = {"dense": lambda x: x, "csr": sp.csr_matrix, "csr-unsorted-duplicates": _non_canonical,
+           "torch": torch.from_numpy}
+
+
+@pytest.fixture
+def torch_path_on_the_cpu(monkeypatch):
+    """get_aucell's GPU code (``_score_with_torch``: uploads, densifying CSR on the device, the
+    stable sort, the dense rank product, result chunks) run on CPU tensors, small chunks."""
+    import flashscenic.aucell as aucell
+
+    monkeypatch.setattr(aucell, "_RESULT_BYTES", 64)
+    monkeypatch.setattr(aucell, "_score_on_cpu", lambda expr, tie_order, c, weights, batch_size, out, verbose:
+                        aucell._score_with_torch(expr, tie_order, c, weights, batch_size, torch.device("cpu"), out,
+                                                 verbose))
+
+
+@pytest.mark.parametrize("form", list(_INPUTS))
+@pytest.mark.parametrize("case", range(10))
+def test_the_gpu_code_on_cpu_tensors_equals_pyscenic(case, form, torch_path_on_the_cpu):
+    x, w, threshold, seed = random_case(case)  # float32, float64 and int64 input, ties, -0.0
+    got = get_aucell(_INPUTS[form](x), w, k=None, auc_threshold=threshold, device="cpu", seed=seed, batch_size=7,
+                     verbose=False)
+    np.testing.assert_allclose(got, pyscenic_aucell(x, w, threshold, seed), rtol=0, atol=TOL)
+
+
+def test_gpu_batches_are_sized_from_free_memory(monkeypatch):
+    import flashscenic.aucell as aucell
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * 2**30, 80 * 2**30))
+    cuda = torch.device("cuda", 0)
+    assert aucell.torch_batch_rows(cuda, 20_000, 32) == aucell._CUDA_ROWS_MAX  # 80 GB: thousands of cells
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * 2**30, 16 * 2**30))
+    assert aucell.torch_batch_rows(cuda, 20_000, 32) == 2 * 2**30 // 2 // (64 * 20_000)  # 838
+    assert aucell.torch_batch_rows(cuda, 20_000, 1000) == 1000  # batch_size is a floor
+    assert aucell.torch_batch_rows(torch.device("cpu"), 20_000, 32) == 32
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("form", list(_INPUTS) + ["torch-on-cuda"])
+@pytest.mark.parametrize("case", range(10))
+def test_cuda_equals_the_cpu_for_every_input_form(case, form):
+    """CSR (canonical or not), float32, float64 and integer input, host or device tensors."""
+    x, w, threshold, seed = random_case(case)
+    given = torch.from_numpy(x).cuda() if form == "torch-on-cuda" else _INPUTS[form](x)
+    got = get_aucell(given, w, k=None, auc_threshold=threshold, device="cuda", seed=seed, verbose=False)
+    np.testing.assert_allclose(got, get_aucell(x, w, k=None, auc_threshold=threshold, device="cpu", seed=seed,
+                                               verbose=False), rtol=0, atol=TOL)
+    np.testing.assert_allclose(got, pyscenic_aucell(x, w, threshold, seed), rtol=0, atol=TOL)
+
+
 # --- a decoupler network as the regulons ------------------------------------------------
 
 

@@ -198,6 +198,66 @@ def test_batch_of_modules_in_one_product_equals_one_by_one(tmp_path):
     pd.testing.assert_frame_equal(run_pruner(setup, "db", module_batch_size=1000), one_by_one)
 
 
+def _pruner_on(setup, name, device, batched=None, **options):
+    pruner = CisTargetPruner(rank_threshold=setup["rank_threshold"], auc_threshold=setup["auc_threshold"],
+                             nes_threshold=setup["nes_threshold"], device=device, verbose=False, **options)
+    pruner.load_from_tensor(setup["ranks"], setup["motifs"], setup["genes"], name=name)
+    pruner.load_annotations(setup["annotation_file"])
+    for kernel in pruner.kernels:
+        kernel._batched = batched
+    return pruner
+
+
+def _table(pruner, setup):
+    return pruner.motif_table(setup["modules"], setup["tfs"], setup["genes"].tolist(), setup["weights"],
+                              setup["contexts"])
+
+
+@pytest.mark.parametrize("seed", range(25, 31))
+def test_the_gpu_leading_edges_on_cpu_tensors_equal_the_numpy_path(seed, tmp_path, monkeypatch):
+    """The batched leading edges (padded modules, scatter-adds, one copy back a group), run on CPU
+    tensors in groups small enough to split the batch: unweighted bit for bit, weighted to 1e-12."""
+    import flashscenic.cistarget as cistarget
+
+    setup = random_setup(seed, tmp_path)
+    monkeypatch.setattr(cistarget, "_batch_elements", lambda device: 3 * 160 * setup["ranks"].shape[0])
+    for options in ({}, {"pyscenic_compat_leading_edge": True}):
+        expected = _table(_pruner_on(setup, "db", "cpu", **options), setup)
+        assert len(expected)
+        got = _table(_pruner_on(setup, "db", "cpu", batched=True, **options), setup)
+        pd.testing.assert_frame_equal(got, expected)
+    weighted = _table(_pruner_on(setup, "db", "cpu", batched=True, weighted_recovery=True), setup)
+    assert_same_rows(weighted, _table(_pruner_on(setup, "db", "cpu", weighted_recovery=True), setup))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("seed", range(25, 29))
+def test_the_pruner_on_cuda_equals_the_cpu(seed, tmp_path):
+    """Motif table and leading edges: unweighted exactly (integer sums), weighted within float
+    rounding; and pySCENIC's own rows."""
+    setup = random_setup(seed, tmp_path)
+    for options in ({}, {"pyscenic_compat_leading_edge": True}):
+        cuda = _pruner_on(setup, "db", "cuda", **options)
+        assert cuda.kernels[0].ranks_by_gene.device.type == "cuda" and cuda.kernels[0].batched
+        pd.testing.assert_frame_equal(_table(cuda, setup), _table(_pruner_on(setup, "db", "cpu", **options), setup))
+    got = _table(_pruner_on(setup, "db", "cuda", weighted_recovery=True), setup)
+    assert_same_rows(got, _table(_pruner_on(setup, "db", "cpu", weighted_recovery=True), setup))
+    assert_same_rows(_table(_pruner_on(setup, "db", "cuda"), setup), expected_rows(setup, "db", False, False))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_prune_computes_where_the_database_lives(tmp_path):
+    setup = random_setup(3, tmp_path)
+    cuda, cpu = _pruner_on(setup, "db", "cuda"), _pruner_on(setup, "db", "cpu")
+    cuda.motif_annotations = cpu.motif_annotations = None
+    module = cuda.genes_to_indices(setup["modules"][0])
+    got, expected = cuda.prune(module), cpu.prune(module.cpu())
+    assert got["nes"].device.type == "cuda"
+    assert_same_result(got, expected, exact=True)
+
+
 def test_two_databases_union(tmp_path):
     setup = random_setup(4, tmp_path)
     other = dict(setup, ranks=random_database(np.random.default_rng(99), *setup["ranks"].shape, []))
