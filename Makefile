@@ -7,7 +7,7 @@ VENV_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench clean gpu-wheels gpu-check gpu-check-dry
 
 install: $(STAMP)
 
@@ -53,5 +53,26 @@ bench: install $(REF)/.installed $(RUST)/.installed
 	$(BIN)/python benchmarks/whole_run.py --overhead --out BENCHMARKS.md
 	$(BIN)/python benchmarks/whole_run.py --atlas --out BENCHMARKS.md
 
+# The GPU check (benchmarks/gpu_check.py). A lent GPU machine has no network: the wheels it
+# lacks travel in .whl/ (git-ignored; the device tool's carry), at most 56 MiB.
+WHEELS := .whl
+GPU_SITE := .gpu-site
+WHEEL_PLATFORMS := $(foreach p,manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64,--platform $(p))
+
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(WHEEL_PLATFORMS) -d $(WHEELS) -r benchmarks/gpu-wheels.txt
+	$(PYTHON) benchmarks/gpu_check.py --wheels $(WHEELS)
+
+# On the GPU machine: install the wheels offline beside its own torch, then every step.
+gpu-check:
+	test -d $(WHEELS) || { echo "no $(WHEELS)/: run make gpu-wheels where the registry is, then carry it"; exit 2; }
+	python3 -m pip install -q --no-index --no-deps --upgrade --target $(GPU_SITE) $(WHEELS)/*.whl
+	PYTHONPATH=$(CURDIR)/$(GPU_SITE):$(CURDIR) python3 benchmarks/gpu_check.py
+
+# The same script here (and in CI): the CPU device, small sizes, fake GPUs for the cluster step.
+gpu-check-dry: install
+	$(BIN)/python benchmarks/gpu_check.py --dry --out $(or $(GPU_CHECK_OUT),benchmarks/_work/gpu-check-dry)
+
 clean:
-	rm -rf $(VENV) .venv-ref .venv-rustscenic build *.egg-info .pytest_cache
+	rm -rf $(GPU_SITE) $(VENV) .venv-ref .venv-rustscenic build *.egg-info .pytest_cache

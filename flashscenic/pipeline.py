@@ -1,7 +1,8 @@
 """The engine: ``run_flashscenic`` in memory, ``run_pipeline`` for a run folder.
 
 Both call the stage functions of ``flashscenic.stages`` with one ``Params``, so a run on a
-Dask cluster computes exactly what a run in one process computes. ``run_pipeline`` owns a
+Dask cluster of CPU workers computes exactly what a run in one process computes (on GPUs
+within the tolerances the README's "On a GPU" states). ``run_pipeline`` owns a
 run's whole life (see ``flashscenic._runfolder`` for the folder's layout):
 
 * every parameter and the input's genes are checked before any stage runs;

@@ -134,7 +134,8 @@ def scenic(
     n_workers, client
         Run on the engine's executors (``run_pipeline``): an embedded Dask cluster of
         ``n_workers`` workers (0: the engine in this process), or the ``distributed.Client``
-        given (left open). Same results, bit for bit. There ``seeds`` and
+        given (left open). On the CPU the same results, bit for bit (on GPU workers: see the
+        README, "On a GPU"). There ``seeds`` and
         ``consensus='recurrence'`` are not available, and ``adj_matrix`` must be a table.
     run_dir
         With ``n_workers`` or ``client``: the run folder (kept, with its report; must not

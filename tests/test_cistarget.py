@@ -235,7 +235,7 @@ def test_the_gpu_leading_edges_on_cpu_tensors_equal_the_numpy_path(seed, tmp_pat
 @pytest.mark.parametrize("seed", range(25, 29))
 def test_the_pruner_on_cuda_equals_the_cpu(seed, tmp_path):
     """Motif table and leading edges: unweighted exactly (integer sums), weighted within float
-    rounding; and pySCENIC's own rows."""
+    rounding (the CPU equals pySCENIC in the CPU tests; the oracle does not travel)."""
     setup = random_setup(seed, tmp_path)
     for options in ({}, {"pyscenic_compat_leading_edge": True}):
         cuda = _pruner_on(setup, "db", "cuda", **options)
@@ -243,7 +243,6 @@ def test_the_pruner_on_cuda_equals_the_cpu(seed, tmp_path):
         pd.testing.assert_frame_equal(_table(cuda, setup), _table(_pruner_on(setup, "db", "cpu", **options), setup))
     got = _table(_pruner_on(setup, "db", "cuda", weighted_recovery=True), setup)
     assert_same_rows(got, _table(_pruner_on(setup, "db", "cpu", weighted_recovery=True), setup))
-    assert_same_rows(_table(_pruner_on(setup, "db", "cuda"), setup), expected_rows(setup, "db", False, False))
 
 
 @pytest.mark.gpu

@@ -250,6 +250,35 @@ def test_the_embedded_cluster_starts_behind_the_run_and_a_lone_grn_runs_in_this_
         executor.close()
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_a_run_on_cuda_in_process_and_on_one_gpu_worker_equals_the_cpu_run(case, tmp_path):
+    """Given adjacencies (no GRN), device 'cuda': the same regulons and motif table as the CPU
+    run (unweighted pruning is exact on a GPU) and the AUC within 1e-6; the cluster is one
+    worker on the one GPU (dask-cuda's, or one process per GPU)."""
+    cuda = case["params"].replace(device="cuda")
+
+    def check(results, reference):
+        got = _outputs(results)
+        assert got["names"] == reference["names"] and got["regulons"] == reference["regulons"]
+        pd.testing.assert_frame_equal(got["motifs"], reference["motifs"])
+        np.testing.assert_allclose(got["auc"], reference["auc"], rtol=0, atol=1e-6)
+
+    results = run_pipeline(case["stores"]["csr"], tmp_path / "in-process", resources=case["resources"], params=cuda,
+                           executor=InProcessExecutor(), adjacencies=case["adjacencies"])
+    check(results, case["reference"]["csr"])
+    executor = start_executor(n_workers=1, device="cuda", dashboard_address=None, verbose=False)
+    try:
+        assert executor.has_gpu and executor.n_workers == 1 and not executor.local_cpus
+        assert set(executor.client.run(_worker_env, "FLASHSCENIC_WORKER_DEVICE").values()) == {"cuda:0"}
+        for layout in ("dense", "csr"):
+            results = run_pipeline(case["stores"][layout], tmp_path / f"worker-{layout}", resources=case["resources"],
+                                   params=cuda, executor=executor, adjacencies=case["adjacencies"])
+            check(results, case["reference"][layout])
+    finally:
+        executor.close()
+
+
 def test_an_external_or_given_cluster_is_not_local(case):
     from distributed import Client, LocalCluster
 
