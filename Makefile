@@ -67,7 +67,7 @@ gpu-wheels:
 # On the GPU machine: install the wheels offline beside its own torch, then every step.
 gpu-check:
 	test -d $(WHEELS) || { echo "no $(WHEELS)/: run make gpu-wheels where the registry is, then carry it"; exit 2; }
-	python3 -m pip install -q --no-index --no-deps --upgrade --target $(GPU_SITE) $(WHEELS)/*.whl
+	python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target $(GPU_SITE) $(WHEELS)/*.whl
 	PYTHONPATH=$(CURDIR)/$(GPU_SITE):$(CURDIR) python3 benchmarks/gpu_check.py
 
 # The same script here (and in CI): the CPU device, small sizes, fake GPUs for the cluster step.

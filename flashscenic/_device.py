@@ -9,8 +9,8 @@ import warnings
 from .errors import InputError
 
 # Set in the environment of an embedded cluster's workers (``distributed.ClusterPlan``): the
-# device the worker owns. A GPU worker sees its GPU alone, as cuda:0, whatever ``cuda:N`` the
-# run names; a CPU worker runs a run's 'auto' or 'cuda' on the CPU, silently (the coordinator
+# device the worker owns. A GPU worker computes on its own GPU as cuda:0 (its first visible
+# one), whatever ``cuda:N`` the run names; a CPU worker runs a run's 'auto' or 'cuda' on the CPU, silently (the coordinator
 # chose CPU workers and said why).
 WORKER_DEVICE = "FLASHSCENIC_WORKER_DEVICE"
 

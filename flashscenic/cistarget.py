@@ -534,6 +534,9 @@ class MotifAnnotation:
         return by_tf.get(tf_name, self.table.iloc[:0].droplevel("TF"))
 
 
+_NO_ANNOTATIONS = MotifAnnotation()  # a pruner without annotations: one empty table, not one a module
+
+
 def filter_by_annotations(result: dict, motif_names: Sequence[str], motif_annotations: MotifAnnotation | None,
                           filter_for_annotation: bool = True, tf_name: str | None = None) -> dict:
     """Keep only enriched motifs annotated to ``tf_name`` (any TF when None) in a
@@ -970,7 +973,7 @@ class CisTargetPruner:
         enriched = np.flatnonzero(nes >= self.nes_threshold)
         if enriched.size == 0:
             return None
-        known = self.motif_annotations or MotifAnnotation()
+        known = self.motif_annotations or _NO_ANNOTATIONS
         annotations = known.motifs_of(tf).reindex(database.motif_names[enriched])
         if self.filter_for_annotation and self.motif_annotations is not None:
             keep = annotations["Annotation"].notna().to_numpy()

@@ -10,7 +10,7 @@ tasks run changes.
 =======================  ===============================================================
 no address given         an embedded cluster on 127.0.0.1, sized by the run's device
                          (``plan_cluster``): with GPUs and device auto/cuda, one worker
-                         per GPU, each seeing its GPU alone as ``cuda:0``, resource
+                         per GPU, each computing on its own GPU as ``cuda:0``, resource
                          ``GPU=1`` (``dask_cuda.LocalCUDACluster`` when dask-cuda imports,
                          else a ``LocalCluster`` with ``CUDA_VISIBLE_DEVICES`` set per
                          worker); else ``distributed.LocalCluster`` with CPU process
@@ -403,7 +403,7 @@ class _OneGPUEach(SpecCluster):
 
 
 class _GPUProcessCluster(LocalCluster, _OneGPUEach):
-    """A ``LocalCluster`` with one worker process per GPU, each seeing its GPU alone
+    """A ``LocalCluster`` with one worker process per GPU, each seeing only its own GPU
     (``CUDA_VISIBLE_DEVICES``) as ``cuda:0``, with resource ``GPU=1``: dask-cuda's layout
     without dask-cuda."""
 

@@ -446,7 +446,7 @@ def release_gpu_memory() -> None:
     import sys
 
     torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
+    if torch is not None and torch.cuda.is_initialized() and _pruner.cache_info().currsize:  # once after pruning
         _pruner.cache_clear()
         torch.cuda.empty_cache()
 
