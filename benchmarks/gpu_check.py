@@ -374,14 +374,13 @@ def _csr_atlas(n_cells, n_genes, density, unique_rows=20_000, seed=0):
     return sp.csr_matrix((data, indices, indptr), shape=(n_cells, n_genes))
 
 
-def _regulons(n_regulons, n_genes, seed=1):
+def _regulons(n_regulons, n_genes):
+    """The AUCell benchmark's regulons (benchmarks/aucell.py): 10 to 500 genes, weighted."""
     import numpy as np
 
-    rng = np.random.default_rng(seed)
-    w = np.zeros((n_regulons, n_genes), dtype=np.float32)
-    for i in range(n_regulons):
-        w[i, rng.choice(n_genes, int(rng.integers(10, 500)), replace=False)] = 1.0
-    return w
+    from aucell import make_regulons
+
+    return make_regulons(np.random.default_rng(1), n_genes, n_regulons, 10, 500)
 
 
 def _aucell_rows(record, name, x, w, size, dry):
@@ -434,7 +433,9 @@ def step_aucell_csr(record, out, dry, size):
 def step_aucell_dense(record, out, dry, size):
     import numpy as np
 
-    block = _csr_atlas(2_000, size["n_genes"], 0.3).toarray()
+    from aucell import make_counts  # the AUCell benchmark's dense log counts (many ties)
+
+    block = make_counts(np.random.default_rng(0), (2_000, size["n_genes"]))
     x = np.tile(block, (-(-size["n_cells"] // block.shape[0]), 1))[: size["n_cells"]]
     _aucell_rows(record, "aucell_dense", x, _regulons(size["n_regulons"], size["n_genes"]), size, dry)
 

@@ -10,8 +10,8 @@ from .errors import InputError
 
 # Set in the environment of an embedded cluster's workers (``distributed.ClusterPlan``): the
 # device the worker owns. A GPU worker computes on its own GPU as cuda:0 (its first visible
-# one), whatever ``cuda:N`` the run names; a CPU worker runs a run's 'auto' or 'cuda' on the CPU, silently (the coordinator
-# chose CPU workers and said why).
+# one), whatever ``cuda:N`` the run names; a CPU worker runs a run's 'auto' or 'cuda' on the
+# CPU, silently (the coordinator chose CPU workers and said why).
 WORKER_DEVICE = "FLASHSCENIC_WORKER_DEVICE"
 
 _warned_no_cuda = False

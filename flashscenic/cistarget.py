@@ -601,8 +601,8 @@ class _DatabaseKernel:
         vals = torch.from_numpy(np.concatenate([np.asarray(w, np.float64)[o] for w, o in zip(weights, orders)]))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            modules = torch.sparse_csr_tensor(crow, cols, vals.to(self.device), size=(len(indices), self.database.n_genes),
-                                              check_invariants=False)
+            modules = torch.sparse_csr_tensor(crow, cols, vals.to(self.device),
+                                              size=(len(indices), self.database.n_genes), check_invariants=False)
             numerators = (modules @ self.scores_t()).to_dense()
         totals = torch.tensor([float(np.sum(w)) for w in weights], dtype=torch.float64, device=self.device)
         return numerators / ((self.c + 1) * totals[:, None])
@@ -654,22 +654,14 @@ def _batched_leading_edges(ranks_by_gene: torch.Tensor, jobs, weighted: bool, ra
     n_motifs = ranks_by_gene.shape[1]
     T = rank_threshold
     out: list[tuple] = []
-    start = 0
-    while start < len(jobs):
-        stop, longest = start, 0
-        while stop < len(jobs) and (stop == start or max(longest, len(jobs[stop][0])) * (stop + 1 - start)
-                                    * n_motifs <= max_elements):
-            longest = max(longest, len(jobs[stop][0]))
-            stop += 1
-        group = jobs[start:stop]
-        n, L = len(group), longest
+    for group in _job_groups(jobs, n_motifs, max_elements):
+        n, L = len(group), max(len(job[0]) for job in group)
         index = np.zeros((n, L), np.int64)
         recovery = np.zeros((n, L), np.float64)
         valid = np.zeros((n, L), bool)
         for b, (genes, weights, _) in enumerate(group):
             index[b, : len(genes)], recovery[b, : len(genes)], valid[b, : len(genes)] = genes, weights, True
-        index_t, recovery_t, valid_t = (torch.from_numpy(a).to(device, non_blocking=True)
-                                        for a in (index, recovery, valid))
+        index_t, recovery_t, valid_t = (torch.from_numpy(a).to(device) for a in (index, recovery, valid))
         block = ranks_by_gene[index_t].to(torch.int64)  # modules x genes x motifs
         block.masked_fill_(~valid_t[:, :, None], T)
         base = torch.arange(n, device=device)[:, None, None] * T
@@ -698,8 +690,7 @@ def _batched_leading_edges(ranks_by_gene: torch.Tensor, jobs, weighted: bool, ra
         avg2std = mean + 2.0 * std
         pair_module = np.concatenate([np.full(len(job[2]), b) for b, job in enumerate(group)]).astype(np.int64)
         pair_motif = np.concatenate([np.asarray(job[2], np.int64) for job in group])
-        pair_module_t = torch.from_numpy(pair_module).to(device, non_blocking=True)
-        pair_motif_t = torch.from_numpy(pair_motif).to(device, non_blocking=True)
+        pair_module_t, pair_motif_t = torch.from_numpy(pair_module).to(device), torch.from_numpy(pair_motif).to(device)
         rows = block[pair_module_t, :, pair_motif_t]  # pairs x genes: each curve motif's ranks
         row_counted = rows < T
         curves = torch.zeros(len(pair_module) * T, dtype=torch.float64, device=device).index_add_(
@@ -714,8 +705,21 @@ def _batched_leading_edges(ranks_by_gene: torch.Tensor, jobs, weighted: bool, ra
             k = len(genes)
             out.append((rows_np[pairs, :k], rank_np[pairs], members_np[pairs, :k]))
             first_pair += len(motifs)
-        start = stop
     return out
+
+
+def _job_groups(jobs: list, n_motifs: int, max_elements: int):
+    """Consecutive jobs whose padded block (jobs x longest module x motifs) holds at most
+    ``max_elements`` values; a job larger than that goes alone."""
+    group, longest = [], 0
+    for job in jobs:
+        if group and max(longest, len(job[0])) * (len(group) + 1) * n_motifs > max_elements:
+            yield group
+            group, longest = [], 0
+        group.append(job)
+        longest = max(longest, len(job[0]))
+    if group:
+        yield group
 
 
 # ----------------------------------------------------------------------------- pruner
@@ -954,14 +958,16 @@ class CisTargetPruner:
             batch = jobs[start : start + self.module_batch_size]
             recovery_weights = [w if self.weighted_recovery else np.ones(len(i)) for _, i, w in batch]
             aucs = kernel.aucs([i for _, i, _ in batch], recovery_weights).cpu().numpy()  # one copy a batch
-            found = []  # modules with rows to write: (module, its enriched motifs and their annotation)
+            found, edge_jobs = [], []  # the modules with rows to write, and their leading-edge jobs
             for (number, index, weights), recovery, auc_row in zip(batch, recovery_weights, aucs):
                 nes = _nes_np(auc_row)
                 chosen = self._chosen_motifs(database, nes, tf_names[number])
                 if chosen is not None:
-                    found.append((number, index, weights, recovery, auc_row, nes, *chosen))
-            edges = kernel.leading_edges([(f[1], f[3], f[-1]) for f in found], self.weighted_recovery)
-            for (number, index, weights, _, auc_row, nes, enriched, annotations, positions, _), edge in zip(found, edges):
+                    enriched, annotations, positions, curve_motifs = chosen
+                    found.append((number, index, weights, auc_row, nes, enriched, annotations, positions))
+                    edge_jobs.append((index, recovery, curve_motifs))
+            edges = kernel.leading_edges(edge_jobs, self.weighted_recovery)
+            for (number, index, weights, auc_row, nes, enriched, annotations, positions), edge in zip(found, edges):
                 rows += self._motif_rows(database, index, weights, auc_row, nes, enriched, annotations, positions,
                                          edge, tf_names[number], contexts[number])
         return rows
