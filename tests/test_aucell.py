@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -518,13 +519,49 @@ def test_cuda_without_cuda_warns_once_and_runs_on_cpu(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("ties", ["pyscenic", "average"])
 @pytest.mark.parametrize("case", range(8))
-def test_cuda_equals_the_cpu(case, ties):
-    """CUDA == CPU to 1e-6; the CPU equals pySCENIC (``test_equals_pyscenic_on_random_inputs``),
-    which does not travel to the GPU machine."""
+def test_cuda_equals_pyscenic(case, ties):
+    """CUDA == CPU to 1e-6, and pySCENIC's AUC (carried as numbers: the oracle does not travel
+    to the GPU machine)."""
     x, w, threshold, seed = random_case(case)
     got = get_aucell(x, w, k=None, auc_threshold=threshold, device="cuda", seed=seed, ties=ties, batch_size=64)
     cpu = get_aucell(x, w, k=None, auc_threshold=threshold, device="cpu", seed=seed, ties=ties)
     np.testing.assert_allclose(got, cpu, rtol=0, atol=TOL)
+    if ties == "pyscenic":
+        np.testing.assert_allclose(got, pyscenic_reference(case), rtol=0, atol=TOL)
+
+
+# pySCENIC's AUC of random_case(0..9), for the gpu tests on a machine without the oracle;
+# test_the_carried_pyscenic_numbers_are_pyscenics keeps them true.
+PYSCENIC_REFERENCES = Path(__file__).parent / "data" / "pyscenic_aucell_random_cases.npz"
+N_REFERENCE_CASES = 10
+
+
+def _inputs_digest(case: int) -> str:
+    import hashlib
+
+    x, w, threshold, seed = random_case(case)
+    return hashlib.sha256(x.tobytes() + w.tobytes() + repr((threshold, seed)).encode()).hexdigest()
+
+
+def pyscenic_reference(case: int) -> np.ndarray:
+    """pySCENIC's AUC of ``random_case(case)``; refused where numpy draws other inputs."""
+    with np.load(PYSCENIC_REFERENCES) as references:
+        assert str(references[f"inputs{case}"]) == _inputs_digest(case), \
+            f"numpy {np.__version__} draws other inputs for random_case({case}) than the carried numbers were made of"
+        return references[f"case{case}"]
+
+
+def write_pyscenic_references() -> None:
+    """``python tests/test_aucell.py``: compute the carried numbers again with pySCENIC."""
+    PYSCENIC_REFERENCES.parent.mkdir(exist_ok=True)
+    cases = range(N_REFERENCE_CASES)
+    np.savez_compressed(PYSCENIC_REFERENCES, **{f"case{c}": pyscenic_aucell(*random_case(c)) for c in cases},
+                        **{f"inputs{c}": np.array(_inputs_digest(c)) for c in cases})
+
+
+def test_the_carried_pyscenic_numbers_are_pyscenics():
+    for case in range(N_REFERENCE_CASES):
+        np.testing.assert_array_equal(pyscenic_reference(case), pyscenic_aucell(*random_case(case)))
 
 
 def _non_canonical(x) -> sp.csr_matrix:
@@ -589,13 +626,14 @@ def test_gpu_batches_are_sized_from_free_memory(monkeypatch):
 @pytest.mark.parametrize("form", list(_INPUTS) + ["torch-on-cuda"])
 @pytest.mark.parametrize("case", range(10))
 def test_cuda_equals_the_cpu_for_every_input_form(case, form):
-    """CSR (canonical or not), float32, float64 and integer input, host or device tensors; the
-    CPU equals pySCENIC (the CPU tests), which does not travel to the GPU machine."""
+    """CSR (canonical or not), float32, float64 and integer input, host or device tensors: equal
+    to the CPU and to pySCENIC (carried numbers)."""
     x, w, threshold, seed = random_case(case)
     given = torch.from_numpy(x).cuda() if form == "torch-on-cuda" else _INPUTS[form](x)
     got = get_aucell(given, w, k=None, auc_threshold=threshold, device="cuda", seed=seed, verbose=False)
     np.testing.assert_allclose(got, get_aucell(x, w, k=None, auc_threshold=threshold, device="cpu", seed=seed,
                                                verbose=False), rtol=0, atol=TOL)
+    np.testing.assert_allclose(got, pyscenic_reference(case), rtol=0, atol=TOL)
 
 
 # --- a decoupler network as the regulons ------------------------------------------------
@@ -654,3 +692,7 @@ def test_a_weights_dataframe_is_a_matrix_and_gene_names_are_for_networks():
                                   get_aucell(expression, weights, k=None, device="cpu", seed=2, verbose=False))
     with pytest.raises(ValueError, match="gene_names is for a network"):
         get_aucell(expression, weights, gene_names=genes, device="cpu", verbose=False)
+
+
+if __name__ == "__main__":
+    write_pyscenic_references()
