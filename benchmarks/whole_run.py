@@ -3,6 +3,7 @@ memory of every process.
 
     .venv/bin/python benchmarks/whole_run.py --overhead [--quick] [--out FILE] [--engine DIR]
     .venv/bin/python benchmarks/whole_run.py --atlas [--quick] [--cells 100000,300000] [--out FILE] [--engine DIR]
+    .venv/bin/python benchmarks/whole_run.py --atlas20k [--quick] [--cells 100000,300000] [--out FILE]
 
 Two modes (issue 13):
 
@@ -14,6 +15,14 @@ Two modes (issue 13):
   genes, CSR h5ad with 10% non-zero, 200 GRN steps, the command line's default GRN cell
   sample; stage times, the peak memory of each process, and the log-log slope of the whole
   run and of each stage against cells.
+
+* ``--atlas20k`` (issue 22): the atlas shape of real data, 100,000, 300,000 and 1,000,000
+  cells x 20,000 genes, CSR h5ad with about 1,500 stored values a cell (7.5%), 100 planted
+  TFs among 1,600 in the TF list (1,490 decoys), two ranking databases of the human v10
+  shape (5,876 motifs x 27,015 genes, int16, planted motifs: the world's database and a copy
+  of it under a second name, as the 500 bp and 10 kb databases are two files of one motif
+  collection); ``flashscenic run`` on the default cluster with ``--grn-max-genes 3000`` and
+  the default 1,000 GRN steps. Also the h5ad and store sizes and the ingest rate.
 
 How it is measured:
 
@@ -70,6 +79,10 @@ WORLD = dict(n_tfs=30, n_decoy_tfs=20, n_cell_types=6, targets_per_tf=30, n_data
 OVERHEAD = {"full": [(100_000, 150), (300_000, 200)], "quick": [(3_000, 20)], "genes": 800}
 ATLAS = {"full": (100_000, 300_000, 1_000_000), "quick": (3_000, 6_000), "genes": 2_000, "density": 0.1,
          "steps": {"full": 200, "quick": 20}}
+ATLAS20K = {"full": (100_000, 300_000, 1_000_000), "quick": (3_000, 6_000), "genes": 20_000, "density": 0.075,
+            "steps": {"full": 1000, "quick": 10}, "max_genes": {"full": 3000, "quick": 1000},
+            "world": dict(n_tfs=100, n_decoy_tfs=1490, n_cell_types=6, targets_per_tf=30, n_database_genes=27_015,
+                          n_motifs=5_876)}
 STORE_STAGES = ("grn", "modules", "pruning", "auc", "rss")
 COLUMNS = ("startup", "cluster", "ingest", "grn", "modules", "pruning", "auc", "rss", "report", "shutdown")
 GIB = 2**30
@@ -78,15 +91,22 @@ GIB = 2**30
 # --- inputs ------------------------------------------------------------------------------
 
 
-def ensure_input(work: Path, n_cells: int, n_genes: int, *, sparse: bool, density: float | None) -> dict:
-    """The simulated h5ad and its resources: reused when made before with these settings."""
+def ensure_input(work: Path, n_cells: int, n_genes: int, *, sparse: bool, density: float | None,
+                 world_settings: dict | None = None, copies: int = 1) -> dict:
+    """The simulated h5ad and its resources: reused when made before with these settings.
+
+    ``copies``: ranking databases (the world's, then copies of it under other names)."""
     from flashscenic.simulate import write_simulated_h5ad
 
+    world_settings = world_settings or WORLD
     kind = "csr" if sparse else "dense"
     tag = f"{n_cells}x{n_genes}-{kind}" + (f"-d{density:g}" if density else "")
+    if world_settings is not WORLD:
+        tag += f"-{world_settings['n_tfs'] + world_settings['n_decoy_tfs']}tfs"
     h5ad, world = work / f"sim-{tag}.h5ad", work / f"sim-{tag}.world.pkl"
-    resources = work / f"sim-{n_genes}genes-resources"
-    settings = {"n_cells": n_cells, "n_genes": n_genes, "sparse": sparse, "density": density, "seed": SEED, **WORLD}
+    resources = work / f"sim-{n_genes}genes-{world_settings['n_motifs']}motifs-resources"
+    settings = {"n_cells": n_cells, "n_genes": n_genes, "sparse": sparse, "density": density, "seed": SEED,
+                **world_settings, "copies": copies}
     if h5ad.exists() and world.exists() and resources.is_dir():
         with open(world, "rb") as f:
             made = pickle.load(f)
@@ -94,8 +114,16 @@ def ensure_input(work: Path, n_cells: int, n_genes: int, *, sparse: bool, densit
             print(f"reusing {h5ad}", flush=True)
             return {"h5ad": h5ad, "dataset": made["dataset"], "resources": made["resources"], "made_s": None}
     start = time.perf_counter()
-    dataset = write_simulated_h5ad(h5ad, n_cells, n_genes, **WORLD, density=density, sparse=sparse, seed=SEED)
+    dataset = write_simulated_h5ad(h5ad, n_cells, n_genes, **world_settings, density=density, sparse=sparse,
+                                   seed=SEED)
     paths = {k: str(v) for k, v in dataset.write_resources(resources).items()}
+    paths["ranking_dbs"] = [paths["ranking_db"]]
+    for copy in range(1, copies):
+        import shutil
+
+        second = Path(paths["ranking_db"]).with_name(f"simulated-copy{copy}.genes_vs_motifs.rankings.feather")
+        shutil.copyfile(paths["ranking_db"], second)
+        paths["ranking_dbs"].append(str(second))
     tmp = world.with_name(world.name + ".partial")
     with open(tmp, "wb") as f:  # last: its presence says the h5ad and the resources are whole
         pickle.dump({"settings": settings, "dataset": dataset, "resources": paths}, f)
@@ -351,13 +379,15 @@ def recovery(stored: dict, dataset) -> dict:
 
 
 def one_run(case: str, data: dict, steps: int, work: Path, engine: Path | None, in_process: bool,
-            trace: bool = False) -> dict:
+            trace: bool = False, extra: list[str] = ()) -> dict:
     res = data["resources"]
     run = work / "runs" / case
     run.parent.mkdir(parents=True, exist_ok=True)
+    databases = [a for db in res.get("ranking_dbs", [res["ranking_db"]]) for a in ("--ranking-db", db)]
     args = [str(data["h5ad"]), "--out", str(run), "--overwrite", "--seed", str(SEED), "--grn-n-steps", str(steps),
-            "--tf-list", res["tf_list"], "--ranking-db", res["ranking_db"], "--motif-annotation",
-            res["motif_annotation"], "--cell-type-column", "cell_type"] + (["--n-workers", "0"] if in_process else [])
+            "--tf-list", res["tf_list"], *databases, "--motif-annotation",
+            res["motif_annotation"], "--cell-type-column", "cell_type", *extra] + (["--n-workers", "0"] if in_process
+                                                                                    else [])
     print(f"{case}: flashscenic run {shlex.join(args)}", flush=True)
     result = run_cli(args, run.with_name(case + ".log"), engine, trace)
     stored = read_results(run, engine)
@@ -406,6 +436,36 @@ def atlas(args, work: Path) -> dict:
         out.append({"cells": n_cells, "genes": ATLAS["genes"], "steps": steps, "run": result,
                     "input_made_s": data["made_s"], "h5ad_gib": data["h5ad"].stat().st_size / GIB})
     return {"cases": out}
+
+
+def atlas20k(args, work: Path) -> dict:
+    mode = "quick" if args.quick else "full"
+    sizes, steps, budget = args.cells or ATLAS20K[mode], ATLAS20K["steps"][mode], ATLAS20K["max_genes"][mode]
+    out = []
+    for n_cells in sizes:
+        data = ensure_input(work, n_cells, ATLAS20K["genes"], sparse=True, density=ATLAS20K["density"],
+                            world_settings=ATLAS20K["world"], copies=2)
+        case = f"atlas20k-{n_cells}"
+        result, _ = one_run(case, data, steps, work, args.engine, in_process=False, trace=args.trace_coordinator,
+                            extra=["--grn-max-genes", str(budget)])
+        run = work / "runs" / case
+        sizes_gib = {"h5ad": data["h5ad"].stat().st_size / GIB, "store": _folder_gib(run / "expression.zarr"),
+                     "results": _folder_gib(run / "results.zarr")}
+        ingest = result["stages"].get("ingest")
+        out.append({"cells": n_cells, "genes": ATLAS20K["genes"], "steps": steps, "max_genes": budget, "run": result,
+                    "input_made_s": data["made_s"], "h5ad_gib": sizes_gib["h5ad"], "sizes_gib": sizes_gib,
+                    "ingest_cells_per_s": n_cells / ingest if ingest else None,
+                    "grn_estimate": _logged_estimate(run.with_name(case + ".log"))})
+    return {"cases": out}
+
+
+def _folder_gib(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / GIB if path.exists() else 0.0
+
+
+def _logged_estimate(log: Path) -> str | None:
+    found = re.search(r"GRN: .*\(estimate\)", log.read_text(errors="replace")) if log.exists() else None
+    return found.group(0) if found else None
 
 
 # --- the report --------------------------------------------------------------------------
@@ -517,6 +577,50 @@ def atlas_section(found: dict, args, started, ended, command, date) -> str:
     return "\n".join(lines) + "\n"
 
 
+def atlas20k_section(found: dict, args, started, ended, command, date) -> str:
+    lines = header("Whole run at the atlas shape: 20,000 genes, a gene budget for the GRN (issue 22)", args, started,
+                   ended, command, date)
+    cases = found["cases"]
+    w = ATLAS20K["world"]
+    lines += [f"Simulated planted-regulon world: {cases[0]['genes']:,} genes, CSR h5ad with {ATLAS20K['density']:.1%} "
+              f"non-zero (about {ATLAS20K['density'] * cases[0]['genes']:,.0f} stored values a cell), {w['n_tfs']} "
+              f"planted TFs and {w['n_decoy_tfs']:,} decoys in the TF list, two ranking databases of {w['n_motifs']:,} "
+              f"motifs x {w['n_database_genes']:,} genes (int16; the second a copy of the first under another name). "
+              f"`flashscenic run` on the default embedded cluster, `--grn-max-genes {cases[0]['max_genes']}`, "
+              f"{cases[0]['steps']} GRN steps. Seconds per stage as in issue 13's sections.", "",
+              "| cells | wall s | " + " | ".join(COLUMNS) + " | h5ad GiB | store GiB | results GiB | ingest cells/s |",
+              "|---|---|" + "---|" * len(COLUMNS) + "---|---|---|---|"]
+    for case in cases:
+        r, z = case["run"], case["sizes_gib"]
+        rate = f"{case['ingest_cells_per_s']:,.0f}" if case["ingest_cells_per_s"] else "–"
+        lines.append(f"| {case['cells']:,} | {r['wall']:.1f} | " + " | ".join(_s(r["stages"][c]) for c in COLUMNS)
+                     + f" | {z['h5ad']:.2f} | {z['store']:.2f} | {z['results']:.3f} | {rate} |")
+    cells = [c["cells"] for c in cases]
+    if len(cases) > 1:
+        slopes = [slope(cells, [c["run"]["wall"] for c in cases])] + [
+            slope(cells, [c["run"]["stages"][k] for c in cases]) for k in COLUMNS]
+        lines.append("| log-log slope | " + " | ".join("–" if s is None else f"{s:.2f}" for s in slopes)
+                     + " | | | | |")
+    lines += ["", "| cells | coordinator peak MiB | worker peaks MiB | others | regulons | recall | precision | "
+              "GRN estimate (logged before training) |", "|---|---|---|---|---|---|---|---|"]
+    for case in cases:
+        r = case["run"]
+        coord, workers, others = _peaks(r["peaks"])
+        rec = r["recovery"]
+        lines.append(f"| {case['cells']:,} | {coord} | {workers} | {others} | {rec['n_regulons']} | "
+                     f"{rec['recall']:.2f} | {rec['precision']:.2f} | {case['grn_estimate'] or '–'} |")
+    biggest = cases[-1]
+    peak = max(max(v) for v in biggest["run"]["peaks"].values()) / 1024
+    rec = biggest["run"]["recovery"]
+    met = lambda ok: "met" if ok else "NOT met"
+    lines += ["", f"Goals (issue 22, at 1,000,000 cells): under 30 minutes end to end; every process under 3 GiB; "
+              f"planted recall >= 0.8 and precision >= 0.9. Here, at {biggest['cells']:,} cells: "
+              f"{biggest['run']['wall'] / 60:.1f} min ({met(biggest['run']['wall'] < 1800)}), largest process "
+              f"{peak:.2f} GiB ({met(peak < 3)}), recall {rec['recall']:.2f} and precision {rec['precision']:.2f} "
+              f"({met(rec['recall'] >= 0.8 and rec['precision'] >= 0.9)})."]
+    return "\n".join(lines) + "\n"
+
+
 def _describe(engine: Path | None) -> str:
     where = engine if engine is not None and (engine / ".git").exists() else ROOT
     if engine is not None and where == ROOT:
@@ -538,6 +642,8 @@ def main(argv=None) -> int:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--overhead", action="store_true", help="part 1: embedded cluster vs --n-workers 0")
     mode.add_argument("--atlas", action="store_true", help="part 4: 100k/300k/1M cells x 2,000 genes, CSR")
+    mode.add_argument("--atlas20k", action="store_true", help="issue 22: 100k/300k/1M cells x 20,000 genes, CSR, "
+                      "--grn-max-genes 3000, two v10-shape databases")
     parser.add_argument("--quick", action="store_true", help="small sizes, a few GRN steps (under a minute)")
     parser.add_argument("--cells", type=lambda s: [int(x) for x in s.split(",")],
                         help="atlas sizes, comma-separated (default: 100000,300000,1000000)")
@@ -550,8 +656,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="markdown file whose section this run writes (and FILE.MODE.json "
                         "with the raw numbers)")
     args = parser.parse_args(argv)
-    if args.cells and not args.atlas:
-        parser.error("--cells is for --atlas")
+    if args.cells and not (args.atlas or args.atlas20k):
+        parser.error("--cells is for --atlas and --atlas20k")
     if args.trace_coordinator and args.out:
         parser.error("--trace-coordinator slows the runs; its timings are not for --out")
     if args.cells and any(c < 1 for c in args.cells):
@@ -565,14 +671,17 @@ def main(argv=None) -> int:
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     date = datetime.date.today().isoformat()
     started = {"machine": machine(), "load": _loads(), "describe": _describe(args.engine)}
-    found = (overhead if args.overhead else atlas)(args, args.work)
+    mode = "overhead" if args.overhead else "atlas" if args.atlas else "atlas20k"
+    run, write = {"overhead": (overhead, overhead_section), "atlas": (atlas, atlas_section),
+                  "atlas20k": (atlas20k, atlas20k_section)}[mode]
+    found = run(args, args.work)
     ended = {"load": _loads()}
-    section = (overhead_section if args.overhead else atlas_section)(found, args, started, ended, command, date)
+    section = write(found, args, started, ended, command, date)
     print("\n" + section)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_section(args.out, section)
-        raw = args.out.with_name(args.out.name + (".overhead" if args.overhead else ".atlas") + ".json")
+        raw = args.out.with_name(args.out.name + f".{mode}.json")
         for case in found["cases"]:
             for r in (case.get("inprocess"), case.get("embedded"), case.get("run")):
                 if r:

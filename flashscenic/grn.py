@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from ._device import resolve_device
 from .errors import InputError, MissingDependencyError
 
-__all__ = ["GRNResult", "infer_grn", "weights_to_adjacencies"]
+__all__ = ["GRNResult", "infer_grn", "weights_to_adjacencies", "GeneDispersion", "estimate_grn_seconds"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +29,16 @@ MEMORY_EFFICIENT_ABOVE = 10_000  # genes: switch to RegDiffusion's memory-effici
 
 @dataclass(frozen=True, eq=False)
 class GRNResult:
-    """TF x gene weights (float32, zeros below the threshold) and their names."""
+    """TF x gene weights (float32, zeros below the threshold) and their names.
+
+    ``trained_genes``: the genes RegDiffusion trained on when a gene budget chose them
+    (``max_genes``), in ``gene_names`` order; None when every gene was offered.
+    """
 
     weights: np.ndarray
     tf_names: list[str]
     gene_names: list[str]
+    trained_genes: list[str] | None = None
 
     @property
     def adjacencies(self) -> pd.DataFrame:
@@ -42,8 +47,8 @@ class GRNResult:
 
 
 def infer_grn(expression, gene_names, tf_names, *, n_steps: int = 1000, sparsity_threshold: float = 1.5,
-              max_cells: int | None = None, memory_efficient: bool | None = None, device="cuda",
-              seed: int | None = None, verbose: bool = True) -> GRNResult:
+              max_cells: int | None = None, max_genes: int | None = None, memory_efficient: bool | None = None,
+              device="cuda", seed: int | None = None, verbose: bool = True) -> GRNResult:
     """Infer TF -> gene weights with RegDiffusion.
 
     Parameters
@@ -63,6 +68,10 @@ def infer_grn(expression, gene_names, tf_names, *, n_steps: int = 1000, sparsity
         raw runs, then thresholds the mean, as upstream's ``multi_run_flashscenic``).
     max_cells
         Train on at most this many cells, sampled with ``seed`` (None: all).
+    max_genes
+        Train on at most this many genes: the most variable over the sampled cells by
+        Seurat's dispersion rule (``GeneDispersion``). The TFs among them are the rows;
+        the other genes get no links. None: every gene.
     memory_efficient
         RegDiffusion's memory-efficient model; None chooses it above 10,000 genes.
     device
@@ -111,12 +120,26 @@ def infer_grn(expression, gene_names, tf_names, *, n_steps: int = 1000, sparsity
         raise InputError(f"the expression holds {int((~np.isfinite(values)).sum())} NaN or infinite value(s); "
                          "remove or impute them before GRN inference")
     varying = _varying_genes(sample)
+    chosen = None
+    if max_genes is not None and max_genes < int(varying.sum()):
+        dispersion = GeneDispersion(n_genes)
+        dispersion.add(sample)
+        chosen = dispersion.most_variable(max_genes)
+        varying = np.zeros(n_genes, dtype=bool)
+        varying[chosen] = True
+        tf_columns = [j for j in tf_columns if varying[j]]
+        if not tf_columns:
+            raise InputError(f"none of the {len(wanted)} TFs is among the {max_genes} most variable genes: raise "
+                             "the gene budget (grn_max_genes, --grn-max-genes)")
     if varying.sum() < 2:
         raise InputError("fewer than 2 genes vary across the cells: nothing to infer")
     if not varying[tf_columns].any():
         raise InputError("no TF varies across the cells: nothing to infer")
     dropped = n_genes - int(varying.sum())
-    if dropped:
+    if dropped and chosen is not None:
+        logger.info("GRN on the %d most variable genes (%d TFs among them) of %d", varying.sum(), len(tf_columns),
+                    n_genes)
+    elif dropped:
         logger.info("%d constant gene(s) left out of GRN inference (no links)", dropped)
     train = sample[:, np.flatnonzero(varying)] if dropped else sample
 
@@ -138,7 +161,8 @@ def infer_grn(expression, gene_names, tf_names, *, n_steps: int = 1000, sparsity
     weights[np.ix_(np.flatnonzero(ok), varying_index)] = learned[tf_rows[ok]]
     if sparsity_threshold is not None:
         weights = sparsify(weights, sparsity_threshold)
-    return GRNResult(weights, [gene_names[j] for j in tf_columns], gene_names)
+    return GRNResult(weights, [gene_names[j] for j in tf_columns], gene_names,
+                     None if chosen is None else [gene_names[j] for j in np.sort(chosen)])
 
 
 def sparsify(weights: np.ndarray, sparsity_threshold: float) -> np.ndarray:
@@ -156,6 +180,94 @@ def weights_to_adjacencies(weights: np.ndarray, tf_names, gene_names) -> pd.Data
         "importance": weights[tf_index, gene_index].astype(np.float64),
     })
     return table.sort_values(["TF", "importance"], ascending=[True, False], kind="stable").reset_index(drop=True)
+
+
+class GeneDispersion:
+    """Seurat's highly-variable-gene rule, accumulated over blocks of cells.
+
+    The rule of ``scanpy.pp.highly_variable_genes(flavor='seurat')`` on log data: per gene,
+    the mean and variance (ddof 1) of ``expm1`` of the values, the log of their ratio (the
+    dispersion), normalised within 20 equal-width bins of ``log1p(mean)``; a bin of one
+    gene gets 1. Blocks (CSR or dense rows) are added one at a time, so a sample of any
+    size is never held whole; sums are float64. ``most_variable(n)`` takes the ``n`` highest
+    normalised dispersions, a tie going to the earlier gene (scanpy keeps every gene tied
+    at its cut-off, so its count can exceed ``n``); constant genes are never chosen.
+    """
+
+    N_BINS = 20
+
+    def __init__(self, n_genes: int):
+        self.n_cells = 0
+        self.total = np.zeros(n_genes)
+        self.squares = np.zeros(n_genes)
+
+    def add(self, block) -> None:
+        n_genes = self.total.size
+        if sp.issparse(block):
+            block = block.tocsr()
+            values = np.expm1(block.data, dtype=np.float64)
+            self.total += np.bincount(block.indices, weights=values, minlength=n_genes)
+            self.squares += np.bincount(block.indices, weights=values * values, minlength=n_genes)
+        else:
+            values = np.expm1(np.asarray(block), dtype=np.float64)
+            self.total += values.sum(axis=0)
+            self.squares += np.square(values).sum(axis=0)
+        self.n_cells += block.shape[0]
+
+    def normalized_dispersion(self) -> np.ndarray:
+        """Per gene; NaN for genes that never vary."""
+        n = self.n_cells
+        if n < 2:
+            raise InputError(f"choosing the most variable genes needs at least 2 cells, got {n}")
+        mean = self.total / n
+        variance = np.maximum(self.squares - n * mean * mean, 0.0) / (n - 1)
+        mean[mean == 0] = 1e-12
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dispersion = variance / mean
+            dispersion[dispersion == 0] = np.nan
+            dispersion = np.log(dispersion)
+        bins = pd.cut(pd.Series(np.log1p(mean)), bins=self.N_BINS)
+        grouped = pd.Series(dispersion).groupby(bins, observed=True)
+        average, spread = grouped.transform("mean").to_numpy(), grouped.transform("std").to_numpy()
+        alone = np.isnan(spread)  # one gene in its bin: Seurat's (and scanpy's) dispersion of 1
+        spread = np.where(alone, average, spread)
+        average = np.where(alone, 0.0, average)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (dispersion - average) / spread
+
+    def most_variable(self, n: int) -> np.ndarray:
+        """Positions of the ``n`` most variable genes, highest first (fewer when fewer vary)."""
+        score = self.normalized_dispersion()
+        candidates = np.flatnonzero(~np.isnan(score))
+        order = candidates[np.lexsort((candidates, -score[candidates]))]
+        return order[:n]
+
+
+# Seconds per RegDiffusion training step: c + a * genes**2 + b * genes**3 core-seconds on a CPU,
+# shared by torch's threads (fit of benchmarks/grn_cost.py on 2 cores, regdiffusion 0.2.3, see
+# BENCHMARKS.md "GRN cost"), and on a GPU scaled from RegDiffusion's authors' report (15,000
+# genes, 1,000 steps, under 5 minutes on one GPU): a rough guide, not a promise.
+_CPU_STEP = (0.152, 1.46e-7, 5.28e-11)
+_GPU_STEP = (0.005, 1.3e-9, 0.0)
+
+
+def estimate_grn_seconds(n_genes: int, n_steps: int, device: str, *, threads: int | None = None) -> float:
+    """RegDiffusion's training time on ``n_genes`` genes for ``n_steps`` steps on ``device``.
+
+    A step trains one batch of 128 cells, so the cell count does not enter; on the CPU
+    the core-seconds are divided by ``threads`` (default: torch's thread count).
+    """
+    if str(device).startswith("cuda"):
+        c, a, b = _GPU_STEP
+        per_core = 1
+    else:
+        c, a, b = _CPU_STEP
+        if threads is None:
+            import torch
+
+            threads = torch.get_num_threads()
+        per_core = max(1, int(threads))
+    return n_steps * (c + a * n_genes**2 + b * n_genes**3) / per_core
 
 
 def _varying_genes(sample) -> np.ndarray:

@@ -179,6 +179,12 @@ class Params:
     grn_max_cells: int | None = _param(
         None, "Train the GRN on at most this many cells, sampled with the seed (None: every cell).",
         _integer(1, optional=True), group="grn", kind=int)
+    grn_max_genes: int | None = _param(
+        None, "Train the GRN on at most this many genes, the most variable over its cell sample (Seurat's "
+        "dispersion rule, as scanpy's flavor='seurat'); None: every gene. TFs compete like any gene (forcing "
+        "them in would train on TFs that do not vary, whose links are noise); the TFs among the chosen genes "
+        "are the regulators. Modules and pruning use those genes' links; AUCell still ranks every gene.",
+        _integer(2, optional=True), group="grn", kind=int)
     grn_runs: int = _param(
         1, "RegDiffusion runs whose mean network is the consensus (seeds spawned from the seed; with "
         "grn_max_cells each run also samples its own cells). Each run is a task of its own; how often each regulon "

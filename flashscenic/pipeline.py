@@ -39,8 +39,8 @@ from ._utils import is_anndata, release_freed_memory
 from .errors import InputError, MissingFileError, ResumeMismatchError, RunExistsError
 from .executors import InProcessExecutor
 from .params import STORE_PIPELINE_ONLY, Params
-from .stages import (Resources, aucell_block, aucell_chunk_task, coordinator_device, grn_run_task, grn_task,
-                     infer_weights, make_modules, prune, regulon_matrix, regulons_of, release_gpu_memory,
+from .stages import (Resources, announce_grn_time, aucell_block, aucell_chunk_task, coordinator_device, grn_genes,
+                     grn_run_task, grn_task, infer_weights, make_modules, prune, regulon_matrix, regulons_of, release_gpu_memory,
                      require_regdiffusion, resources_of, sparse_weights)
 
 __all__ = ["run_flashscenic", "multi_run_flashscenic", "run_pipeline"]
@@ -66,6 +66,7 @@ def run_flashscenic(
     motif_annotation_path: str | None = None,
     grn_n_steps: int = 1000,
     grn_sparsity_threshold: float = 1.5,
+    grn_max_genes: int | None = None,
     module_k: int = 50,
     module_percentile_thresholds: Sequence[float] = (75,),
     module_top_n_per_target: Sequence[int] = (5, 10, 50),
@@ -145,6 +146,7 @@ def multi_run_flashscenic(
     motif_annotation_path: str | None = None,
     grn_n_steps: int = 1000,
     grn_sparsity_threshold: float = 1.5,
+    grn_max_genes: int | None = None,
     module_k: int = 50,
     module_percentile_thresholds: Sequence[float] = (75,),
     module_top_n_per_target: Sequence[int] = (5, 10, 50),
@@ -229,11 +231,18 @@ def _in_memory(exp_matrix, gene_names, params: Params, *, adj_matrix=None, runs:
     out: dict = {}
 
     timer = _Timer(params.verbose)
+    if adj_matrix is None:
+        announce_grn_time(len(gene_names), exp_matrix.shape[0], params)
     with timer("grn"):
         if runs is None:
-            weights, tf_names = infer_weights(exp_matrix, gene_names, tf_names, params, adjacencies=adj_matrix)
+            weights, tf_names, trained = infer_weights(exp_matrix, gene_names, tf_names, params,
+                                                       adjacencies=adj_matrix)
+            if trained is not None:
+                parameters["grn_genes"] = trained
         else:
             weights, tf_names, out = _consensus_in_memory(exp_matrix, gene_names, tf_names, params, resources, runs)
+            if (trained := out.pop("grn_genes")) is not None:
+                parameters["grn_genes"] = trained
             parameters.update(seeds=runs["seeds"], n_runs=len(runs["seeds"]), cv_threshold=params.grn_cv_threshold,
                               consensus=runs["consensus"], min_recurrence=runs["min_recurrence"])
     if runs is not None and runs["consensus"] == "recurrence":
@@ -268,7 +277,8 @@ def _consensus_in_memory(exp_matrix, gene_names, tf_names, params: Params, resou
 
     moments, matrices, found = WeightMoments(), [], []
     for seed in runs["seeds"]:
-        weights, tf_rows = infer_weights(exp_matrix, gene_names, tf_names, params.replace(seed=seed), raw=True)
+        weights, tf_rows, trained = infer_weights(exp_matrix, gene_names, tf_names, params.replace(seed=seed),
+                                                  raw=True)
         moments.add(weights)
         if runs["return_adj_matrices"]:
             matrices.append(weights)
@@ -282,7 +292,7 @@ def _consensus_in_memory(exp_matrix, gene_names, tf_names, params: Params, resou
                                 "adj_matrices": matrices if runs["return_adj_matrices"] else None,
                                 "n_runs": len(runs["seeds"]), "cv_threshold": params.grn_cv_threshold,
                                 "n_edges_cv_filtered": n_filtered, "regulon_recurrence": recurrence,
-                                "target_recurrence": targets, "runs": found}
+                                "target_recurrence": targets, "runs": found, "grn_genes": trained}
 
 
 run_flashscenic.__doc__ = run_flashscenic.__doc__.format(parameters=Params.numpydoc(_API_PARAMS))
@@ -709,14 +719,18 @@ def _stages(results, store, tf_names, params: Params, resources: Resources, adja
         info = {}
         with timer("grn"), executor.stage("grn"):
             if adjacencies is not None:
-                weights, tf_rows = infer_weights(None, gene_names, tf_names, params, adjacencies=adjacencies)
-            elif params.grn_runs == 1:
-                runner = InProcessExecutor() if getattr(executor, "local_cpus", False) else executor
-                [(weights, tf_rows)] = runner.map(grn_task, [(expression, tf_names, params, run_id)],
-                                                  description="GRN", gpu=True, verbose=False)
+                weights, tf_rows, _ = infer_weights(None, gene_names, tf_names, params, adjacencies=adjacencies)
             else:
-                weights, tf_rows, info = _grn_runs(results, expression, gene_names, tf_names, params, run_id,
-                                                   executor)
+                genes = _budget_genes(results, store, params, executor)
+                if params.grn_runs == 1:
+                    runner = InProcessExecutor() if getattr(executor, "local_cpus", False) else executor
+                    [(weights, tf_rows)] = runner.map(grn_task, [(expression, tf_names, params, run_id, False, genes)],
+                                                      description="GRN", gpu=True, verbose=False)
+                else:
+                    weights, tf_rows, info = _grn_runs(results, expression, gene_names, tf_names, params, run_id,
+                                                       executor, genes)
+                if genes is not None:
+                    info["n_grn_genes"] = len(genes)
             results.write_tf_gene_weights(weights, tf_rows, gene_names)
             results.write_adjacencies(weights_to_adjacencies(weights, tf_rows, gene_names))
         _mark(results, timer, "grn", n_tfs=len(tf_rows), **info)
@@ -762,7 +776,21 @@ def _stages(results, store, tf_names, params: Params, resources: Resources, adja
               chunk_cells=results.chunk_rows)
 
 
-def _grn_runs(results, expression: str, gene_names: list[str], tf_names, params: Params, run_id: str, executor):
+def _budget_genes(results, store, params: Params, executor) -> list[str] | None:
+    """The gene budget's genes (chosen once, recorded in the run's parameters; a resumed run
+    keeps them), after logging the GRN's time estimate for the device it runs on."""
+    genes = results.parameters.get("grn_genes") or grn_genes(store, params)
+    if genes is not None:
+        results.update_parameters(grn_genes=genes)
+    on_gpu = getattr(executor, "has_gpu", False)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    announce_grn_time(len(genes or store.gene_names), min(params.grn_max_cells or store.n_cells, store.n_cells),
+                      params, "cuda" if on_gpu else None, threads=None if on_gpu else cores)
+    return genes
+
+
+def _grn_runs(results, expression: str, gene_names: list[str], tf_names, params: Params, run_id: str, executor,
+              genes: list[str] | None):
     """``grn_runs`` GRN tasks (kept on resume), then their consensus: the mean network, with the
     edges whose CV over the runs reaches ``grn_cv_threshold`` dropped. Runs are read back and
     added in run order, one at a time: the same bits on any executor, the memory of one run."""
@@ -770,11 +798,11 @@ def _grn_runs(results, expression: str, gene_names: list[str], tf_names, params:
 
     seeds = run_seeds(params.seed, params.grn_runs)
     tf_set = set(tf_names)
-    tf_rows = [g for g in gene_names if g in tf_set]  # infer_grn's rows: the TFs in gene order
+    tf_rows = [g for g in genes or gene_names if g in tf_set]  # infer_grn's rows: the TFs in gene order
     results.init_grn_runs(seeds, tf_rows, gene_names)
     missing = results.missing_grn_runs()
     path = str(Path(results.path).resolve())
-    executor.map(grn_run_task, [(path, expression, tf_names, params.replace(seed=seeds[i]), run_id, i)
+    executor.map(grn_run_task, [(path, expression, tf_names, params.replace(seed=seeds[i]), run_id, i, genes)
                                 for i in missing], description="GRN runs", gpu=True, verbose=params.verbose)
     moments = WeightMoments()
     for index in range(len(seeds)):

@@ -78,6 +78,7 @@ def scenic(
     motif_annotation_path: str | None = None,
     grn_n_steps: int = 1000,
     grn_sparsity_threshold: float = 1.5,
+    grn_max_genes: int | None = None,
     module_k: int = 50,
     module_percentile_thresholds: Sequence[float] = (75,),
     module_top_n_per_target: Sequence[int] = (5, 10, 50),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,21 +149,77 @@ def resources_of(params: Params) -> Resources:
 
 
 def infer_weights(expression, gene_names: Sequence[str], tf_names: Sequence[str], params: Params,
-                  adjacencies=None, raw: bool = False) -> tuple[np.ndarray, list[str]]:
+                  adjacencies=None, raw: bool = False) -> tuple[np.ndarray, list[str], list[str] | None]:
     """TF x gene weights: RegDiffusion on ``expression``, or the user's ``adjacencies``.
 
-    Returns the weights (TFs with no positive weight kept as zero rows) and the TF names.
+    Returns the weights (TFs with no positive weight kept as zero rows), the TF names, and
+    the genes the GRN trained on when ``grn_max_genes`` chose them (else None).
     """
     gene_names = list(gene_names)
     if adjacencies is not None:
-        return _weights_from_adjacencies(adjacencies, gene_names, tf_names, params)
+        return (*_weights_from_adjacencies(adjacencies, gene_names, tf_names, params), None)
     from .grn import infer_grn
 
     result = infer_grn(expression, gene_names, tf_names, n_steps=params.grn_n_steps,
                        sparsity_threshold=None if raw else params.grn_sparsity_threshold,
-                       max_cells=params.grn_max_cells,
+                       max_cells=params.grn_max_cells, max_genes=params.grn_max_genes,
                        device=params.device, seed=params.seed, verbose=params.verbose)
-    return result.weights, list(result.tf_names)
+    return result.weights, list(result.tf_names), result.trained_genes
+
+
+def announce_grn_time(n_genes: int, n_cells: int, params: Params, device=None, *,
+                      threads: int | None = None) -> float:
+    """Log the GRN's estimated time before it starts; on a CPU, warn when it exceeds an hour.
+
+    ``n_genes``: the genes offered (the budget caps them); ``device``: where the GRN runs
+    (default ``params.device``); ``threads``: the CPU threads it gets (default torch's).
+
+    The estimate is ``flashscenic.grn.estimate_grn_seconds`` (a measured per-step cost
+    model); the warning names the gene budget, which is what brings a CPU run back to minutes.
+    """
+    from ._device import resolve_device
+    from .grn import estimate_grn_seconds
+
+    n_genes = min(n_genes, params.grn_max_genes or n_genes)
+    where = resolve_device(params.device if device is None else device).type
+    seconds = estimate_grn_seconds(n_genes, params.grn_n_steps, where, threads=threads)
+    logger.info("GRN: %d genes x %d cells, %d steps on the %s: about %s (estimate)", n_genes, n_cells,
+                params.grn_n_steps, "GPU" if where == "cuda" else "CPU", _duration(seconds))
+    if where == "cpu" and seconds > 3600:
+        hint = (f"lower the gene budget (--grn-max-genes / grn_max_genes, now {params.grn_max_genes})"
+                if params.grn_max_genes else "train on the most variable genes with --grn-max-genes N "
+                "(grn_max_genes=N; 2,000-3,000 genes take minutes to an hour)")
+        warnings.warn(f"RegDiffusion on {n_genes} genes for {params.grn_n_steps} steps on this CPU takes about "
+                      f"{_duration(seconds)}: {hint}, or run on a GPU", UserWarning, stacklevel=3)
+    return seconds
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def grn_genes(store, params: Params) -> list[str] | None:
+    """The genes a gene budget (``grn_max_genes``) trains the GRN on, in gene order; None: every gene.
+
+    Seurat's dispersion rule (``flashscenic.grn.GeneDispersion``) over the GRN's cell
+    sample (``grn_max_cells`` cells drawn with the seed), read chunk by chunk: the
+    coordinator never holds the sample, and every GRN run of a consensus trains on the
+    same genes.
+    """
+    from .grn import GeneDispersion
+
+    if params.grn_max_genes is None or params.grn_max_genes >= store.n_genes:
+        return None
+    positions = store.sample_cells(min(params.grn_max_cells or store.n_cells, store.n_cells), seed=params.seed)
+    dispersion = GeneDispersion(store.n_genes)
+    for block in store.iter_cells(positions, "csr" if store.layout == "csr" else "dense"):
+        dispersion.add(block)
+    chosen = np.sort(dispersion.most_variable(params.grn_max_genes))
+    return [str(store.gene_names[j]) for j in chosen]
 
 
 def _weights_from_adjacencies(adjacencies, gene_names: list[str], tf_names, params: Params):
@@ -367,12 +424,13 @@ def tf_shards(modules: Sequence, n_shards: int) -> list[list]:
 
 
 def grn_task(expression_path: str, tf_names: Sequence[str], params: Params, run_id: str = "",
-             raw: bool = False) -> tuple[np.ndarray, list[str]]:
+             raw: bool = False, genes: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
     """GRN on one worker: it samples up to ``grn_max_cells`` cells from the store itself.
 
     ``run_id`` is part of the task's key (its arguments), so a task of an earlier run into
     the same folder, still running on a worker, is never taken for this run's. ``raw``: no
-    sparsity threshold.
+    sparsity threshold. ``genes``: train on these only (the gene budget, ``grn_genes``);
+    only their columns of the sample are read, and the other genes get zero weights.
 
     On a CPU worker (whose torch threads are its share of the host's cores) the GRN uses
     every core it is allowed, as in process: torch's CPU reductions depend on the thread
@@ -384,19 +442,27 @@ def grn_task(expression_path: str, tf_names: Sequence[str], params: Params, run_
     from .store import open_expression_store
 
     store = open_expression_store(expression_path)
+    gene_names = [str(g) for g in store.gene_names]
+    columns = None if genes is None else pd.Index(gene_names).get_indexer(list(genes))
     positions = store.sample_cells(min(params.grn_max_cells or store.n_cells, store.n_cells), seed=params.seed)
-    sample = store.read_cells(positions, "csr" if store.layout == "csr" else "dense")
+    sample = store.read_cells(positions, "csr" if store.layout == "csr" else "dense", genes=columns)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(max(threads, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                   else os.cpu_count() or 1))
-        return infer_weights(sample, list(store.gene_names), tf_names, params.replace(grn_max_cells=None), raw=raw)
+        weights, tf_rows, _ = infer_weights(sample, gene_names if genes is None else list(genes), tf_names,
+                                            params.replace(grn_max_cells=None, grn_max_genes=None), raw=raw)
     finally:
         torch.set_num_threads(threads)
+    if columns is None:
+        return weights, tf_rows
+    full = np.zeros((weights.shape[0], len(gene_names)), dtype=weights.dtype)
+    full[:, columns] = weights
+    return full, tf_rows
 
 
 def grn_run_task(results_path: str, expression_path: str, tf_names: Sequence[str], params: Params, run_id: str,
-                 index: int) -> int:
+                 index: int, genes: Sequence[str] | None = None) -> int:
     """GRN run ``index`` of a multi-run consensus (``params`` carries the run's seed): its raw
     weights (not thresholded: the consensus thresholds the mean) go straight into the results
     store, so the coordinator never holds more than one run."""
@@ -408,7 +474,7 @@ def grn_run_task(results_path: str, expression_path: str, tf_names: Sequence[str
         return results
 
     check(open_results_store(results_path))
-    weights, tf_rows = grn_task(expression_path, tf_names, params, run_id, raw=True)
+    weights, tf_rows = grn_task(expression_path, tf_names, params, run_id, raw=True, genes=genes)
     check(open_results_store(results_path)).write_grn_run(index, weights, tf_rows)
     return index
 

@@ -38,13 +38,14 @@ def run_grn(expression, tf_list, output: str | os.PathLike, *, params: Params | 
     from .checks import check_tf_overlap, read_tf_names
     from .export import write_adjacencies
     from .grn import weights_to_adjacencies
-    from .stages import infer_weights, require_regdiffusion
+    from .stages import announce_grn_time, infer_weights, require_regdiffusion
 
     params = (params or Params()).with_seed()
     require_regdiffusion()
     tf_names = read_tf_names(tf_list)
     matrix, genes, _ = _matrix(expression, layer, log1p, transpose)
-    weights, tf_rows = infer_weights(matrix, genes, check_tf_overlap(tf_names, genes), params)
+    announce_grn_time(len(genes), matrix.shape[0], params)
+    weights, tf_rows, _ = infer_weights(matrix, genes, check_tf_overlap(tf_names, genes), params)
     table = weights_to_adjacencies(weights, tf_rows, genes)
     write_adjacencies(table, output)
     return table
@@ -80,7 +81,7 @@ def run_ctx(adjacencies, databases, annotations, output: str | os.PathLike, *, p
             raise MissingFileError(f"ranking database {str(database)!r} does not exist")
     load_annotation(resources.motif_annotation, params)  # a bad annotation is refused before the modules
     tfs = list(dict.fromkeys(table["TF"].astype(str)))
-    weights, tf_rows = infer_weights(None, genes, tfs, params, adjacencies=table)
+    weights, tf_rows, _ = infer_weights(None, genes, tfs, params, adjacencies=table)
     modules = make_modules(weights, tf_rows, genes, params, expression=matrix)
     motifs, regulons = prune(modules, params, resources)
     write_motifs_csv(motifs, output)

@@ -675,27 +675,41 @@ class ExpressionStore:
             return np.arange(self.n_cells)
         return np.sort(np.random.default_rng(seed).choice(self.n_cells, size=int(n), replace=False))
 
-    def read_cells(self, positions, kind: Kind = "dense"):
-        """The rows at ``positions`` (sorted, distinct), reading only the chunks that hold them."""
-        positions = np.asarray(positions, dtype=np.int64)
-        if positions.ndim != 1 or (positions.size and (positions[0] < 0 or positions[-1] >= self.n_cells
-                                                       or (np.diff(positions) <= 0).any())):
-            raise InputError(f"positions must be sorted distinct cell positions in [0, {self.n_cells})")
-        # Chunk by chunk, each part converted as it is read: a dense store's rows never go
-        # through CSR unless CSR is asked for, and no whole copy in the other kind is made.
-        own = "dense" if self.layout == "dense" else "csr"
-        parts = []
-        for start, stop in self.chunk_ranges():
-            inside = positions[(positions >= start) & (positions < stop)]
-            if inside.size:
-                part = self.read_rows(start, stop, own)[inside - start]
-                parts.append(part if own == kind else sp.csr_matrix(part) if kind == "csr" else part.toarray())
+    def read_cells(self, positions, kind: Kind = "dense", genes=None):
+        """The rows at ``positions`` (sorted, distinct), reading only the chunks that hold them.
+
+        ``genes``: only these column positions (e.g. a gene budget's), in that order; each
+        chunk is cut down as it is read, so the whole rows of the sample are never held.
+        """
+        parts = list(self.iter_cells(positions, kind, genes))
         if not parts:
-            empty = sp.csr_matrix((0, self.n_genes), dtype=np.float32)
+            n_columns = self.n_genes if genes is None else len(genes)
+            empty = sp.csr_matrix((0, n_columns), dtype=np.float32)
             return empty if kind == "csr" else empty.toarray()
         if kind == "dense":
             return np.concatenate(parts) if len(parts) > 1 else parts[0]
         return sp.vstack(parts, format="csr")
+
+    def iter_cells(self, positions, kind: Kind = "dense", genes=None):
+        """Yield the rows at ``positions`` chunk by chunk (see ``read_cells``)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if positions.ndim != 1 or (positions.size and (positions[0] < 0 or positions[-1] >= self.n_cells
+                                                       or (np.diff(positions) <= 0).any())):
+            raise InputError(f"positions must be sorted distinct cell positions in [0, {self.n_cells})")
+        if genes is not None:
+            genes = np.asarray(genes, dtype=np.int64)
+            if genes.ndim != 1 or (genes.size and (genes.min() < 0 or genes.max() >= self.n_genes)):
+                raise InputError(f"genes must be gene positions in [0, {self.n_genes})")
+        # Chunk by chunk, each part converted as it is read: a dense store's rows never go
+        # through CSR unless CSR is asked for, and no whole copy in the other kind is made.
+        own = "dense" if self.layout == "dense" else "csr"
+        for start, stop in self.chunk_ranges():
+            inside = positions[(positions >= start) & (positions < stop)]
+            if inside.size:
+                part = self.read_rows(start, stop, own)[inside - start]
+                if genes is not None:
+                    part = part[:, genes]
+                yield part if own == kind else sp.csr_matrix(part) if kind == "csr" else part.toarray()
 
     def sample(self, n: int, seed: int = 0, kind: Kind = "dense"):
         """``(positions, rows)``: a reproducible sample of ``n`` cells (see ``sample_cells``)."""
