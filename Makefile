@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	# A bare `torch` requirement would pull the CUDA build (gigabytes); take the
 	# CPU wheel first unless a torch is already importable.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[test,examples]"
+	$(BIN)/python -m pip install -q -e ".[test,examples,umap]"
 	touch $(STAMP)
 
 test: install

@@ -59,8 +59,8 @@ print(f"{len(result['regulon_names'])} regulons ({timings}): obsm['X_aucell'] {a
 
 # The AUC as an AnnData of cells x regulons: scanpy plots it as it plots genes.
 activity = flashscenic.regulon_activity(adata)
-rss = flashscenic.regulon_specificity_scores(activity.X, activity.obs["bulk_labels"].astype(str).to_numpy(),
-                                             list(activity.var_names))
+rss = flashscenic.rss_table(activity.X, activity.obs["bulk_labels"].astype(str).to_numpy(),
+                            list(activity.var_names))
 print("\nMost specific regulon per cell type (regulon specificity score):")
 for cell_type, row in rss.iterrows():
     print(f"  {cell_type:<30} {row.idxmax():<12} {row.max():.3f}")

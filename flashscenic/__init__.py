@@ -18,6 +18,8 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 _API = {
     "get_aucell": "aucell",
     "CisTargetPruner": "cistarget",
+    "GPUCisTargetPruner": "cistarget",
+    "MultiDatabaseCisTargetPruner": "cistarget",
     "MotifAnnotation": "cistarget",
     "filter_by_annotations": "cistarget",
     "compute_recovery_aucs": "cistarget",
@@ -49,7 +51,9 @@ _API = {
     "binarize": "modules",
     "to_numpy": "modules",
     "regulon_specificity_scores": "rss",
+    "rss_table": "rss",
     "binarize_auc": "binarization",
+    "binarize_auc_matrix": "binarization",
     "derive_threshold": "binarization",
     "dip_statistic": "binarization",
     "infer_grn": "grn",
@@ -90,7 +94,7 @@ _API = {
     "evaluate_regulons": "simulate",
     "run_flashscenic": "pipeline",
     "run_pipeline": "pipeline",
-    "multi_run_flashscenic": "pipeline",
+    "multi_run_flashscenic": "multi_run",
     "Params": "params",
     "prepare_resources": "stages",
     "Resources": "stages",
@@ -120,14 +124,19 @@ _API = {
 
 __all__ = sorted(_API)
 
+# modules whose functions are used through the module: flashscenic.embedding.umap(auc)
+_MODULES = ("embedding",)
+
 
 def __getattr__(name: str):
     if name in _API:
         value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
         globals()[name] = value
         return value
+    if name in _MODULES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'flashscenic' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | set(_MODULES))

@@ -19,6 +19,9 @@ than pySCENIC while giving the same decision for every regulon:
 Differences from pySCENIC 0.12.1, by design: pySCENIC seeds only ``if seed:``, so
 ``seed=0`` is not reproducible there while it is here; pySCENIC's binarisation fails on
 numpy 2 (it calls the removed ``np.msort`` and ``np.float``).
+
+``binarize_auc_matrix`` is upstream flashscenic's simpler rule (no dip test: a mixture, or
+mean + 2 standard deviations, for every regulon), returning a uint8 array.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import pandas as pd
 
 from .errors import InputError
 
-__all__ = ["binarize_auc", "derive_threshold", "dip_statistic"]
+__all__ = ["binarize_auc", "binarize_auc_matrix", "derive_threshold", "dip_statistic"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,9 @@ N_NULL_SAMPLES = 1000  # pySCENIC's numt
 P_VALUE_CUTOFF = 0.05
 # p = (k + 1) / (N + 1) <= 0.05  <=>  k <= this many null dips above the sample's dip
 _MAX_EXCEEDING = math.floor(P_VALUE_CUTOFF * (N_NULL_SAMPLES + 1) - 1 + 1e-9)
+BINARIZE_METHODS = ("gmm", "zscore")  # binarize_auc_matrix's rules
+_SAME_MEANS = 1e-4  # mixture means closer than this (in AUC) are one mode: the regulon is off
+_VALLEY_GRID = 1001  # points between the two means where the mixture's density is evaluated
 
 
 def binarize_auc(
@@ -112,6 +118,56 @@ def binarize_auc(
             series[name] = float(value)
     binary = (frame > series).astype(np.int64)
     return binary, series
+
+
+def binarize_auc_matrix(auc_matrix, method: str = "gmm", random_state: int | None = 42) -> np.ndarray:
+    """On/off state of every regulon in every cell, with upstream flashscenic's thresholds.
+
+    Per regulon, ``method='gmm'`` fits a 2-component Gaussian mixture to its AUC over cells
+    (scikit-learn, seeded by ``random_state``) and sets the threshold where the mixture's
+    density is lowest between the two means; ``'zscore'`` sets it at mean + 2 standard
+    deviations. A regulon whose AUC does not vary, or whose two means are closer than
+    1e-4, has one mode and is off in every cell. For pySCENIC's thresholds (a dip test
+    decides between the two rules per regulon), use :func:`binarize_auc`.
+
+    Parameters
+    ----------
+    auc_matrix
+        Cells x regulons AUC values: a numpy array, torch tensor or DataFrame; finite.
+    method
+        ``'gmm'`` or ``'zscore'``.
+    random_state
+        Seed of the mixture fits (``None``: not reproducible).
+
+    Returns
+    -------
+    np.ndarray
+        Cells x regulons, uint8: 1 where the AUC is above the regulon's threshold, else 0.
+    """
+    if method not in BINARIZE_METHODS:
+        raise InputError(f"method={method!r} is not one of {', '.join(map(repr, BINARIZE_METHODS))}")
+    values = _auc_frame(auc_matrix, None).to_numpy(dtype=np.float64)
+    if method == "zscore":
+        thresholds = values.mean(axis=0) + 2.0 * values.std(axis=0)
+    else:
+        thresholds = np.array([_mixture_valley(column, random_state) for column in values.T])
+    return (values > thresholds).astype(np.uint8)
+
+
+def _mixture_valley(column: np.ndarray, random_state: int | None) -> float:
+    """Where a 2-component mixture's density is lowest between its means (inf: one mode)."""
+    if column.max() == column.min():
+        return np.inf
+    from sklearn.mixture import GaussianMixture
+
+    gmm = GaussianMixture(n_components=2, random_state=random_state).fit(column.reshape(-1, 1))
+    means = gmm.means_.ravel()
+    if abs(means[1] - means[0]) < _SAME_MEANS:
+        return np.inf
+    grid = np.linspace(means.min(), means.max(), _VALLEY_GRID)
+    sd = np.sqrt(gmm.covariances_.ravel())
+    density = (gmm.weights_ / sd * np.exp(-0.5 * ((grid[:, None] - means) / sd) ** 2)).sum(axis=1)
+    return float(grid[np.argmin(density)])
 
 
 def derive_threshold(values, seed: int | None = None) -> float:

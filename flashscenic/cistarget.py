@@ -49,6 +49,8 @@ from .regulons import MOTIF_COLUMNS, regulons_from_motifs
 
 __all__ = [
     "CisTargetPruner",
+    "GPUCisTargetPruner",
+    "MultiDatabaseCisTargetPruner",
     "MotifAnnotation",
     "compute_nes",
     "compute_recovery_aucs",
@@ -329,13 +331,17 @@ def _prune_torch(ranks: torch.Tensor, index: torch.Tensor, weights: torch.Tensor
 def compute_nes(aucs) -> torch.Tensor:
     """NES = (AUC - mean) / std over the motifs of one module, std with ddof=0 (pySCENIC).
 
-    Computed with numpy on the 1-D vector, exactly as pySCENIC does, so NES values are
-    bit-identical and a motif at the threshold is enriched in both or in neither. A
-    database where every motif has the same AUC has no spread: NES is NaN, as in pySCENIC,
-    and nothing counts as enriched.
+    Computed in float64 with numpy on the 1-D vector, exactly as pySCENIC does, so NES of
+    float64 AUCs are bit-identical to pySCENIC's and a motif at the threshold is enriched in
+    both or in neither. The result keeps the input's floating dtype and device, as torch
+    functions do (float32 AUCs give float32 NES; a list, as numpy reads it, and integers
+    give float64). A database where every motif has the same AUC has no spread: NES is
+    NaN, as in pySCENIC, and nothing counts as enriched.
     """
-    aucs = torch.as_tensor(aucs, dtype=torch.float64)
-    return torch.from_numpy(_nes_np(aucs.cpu().numpy())).to(aucs.device)
+    aucs = aucs if isinstance(aucs, torch.Tensor) else torch.from_numpy(np.asarray(aucs))
+    dtype = aucs.dtype if aucs.is_floating_point() else torch.float64
+    nes = _nes_np(aucs.detach().to(device="cpu", dtype=torch.float64).numpy())
+    return torch.from_numpy(nes).to(device=aucs.device, dtype=dtype)
 
 
 def compute_recovery_aucs(rankings, module_gene_indices, rank_threshold: int, auc_threshold: float, weights=None):
@@ -752,6 +758,8 @@ class CisTargetPruner:
     the wrong motifs' curves) for audits; never use it for analysis. ``module_batch_size``
     modules share one sparse AUC product; ``verbose`` shows a progress bar on a terminal.
     Without annotations loaded every enriched motif counts (annotation columns empty).
+    ``GPUCisTargetPruner`` and ``MultiDatabaseCisTargetPruner``, upstream flashscenic's
+    names, are this class: it prunes on any device, with one database or several.
 
     Example
     -------
@@ -1022,3 +1030,7 @@ class CisTargetPruner:
             return positions, enriched[positions]
         order = np.lexsort((annotations["OrthologousIdentity"].to_numpy(), -annotations["MotifSimilarityQvalue"].to_numpy()))
         return order[keep[order]], enriched[np.flatnonzero(keep[order])]
+
+
+GPUCisTargetPruner = CisTargetPruner  # upstream flashscenic's names for the same pruner
+MultiDatabaseCisTargetPruner = CisTargetPruner

@@ -10,9 +10,12 @@ Two ways to combine runs, both from upstream flashscenic's ``multi_run_flashscen
   0 where the mean is 0; the filter keeps ``cv < cv_threshold`` and counts the zeroed edges
   whose mean was non-zero. ``WeightMoments`` gives the same numbers without holding the k
   matrices (running sum and Welford's M2).
-* *recurrence*: run the pipeline per run and keep what recurs (``regulon_recurrence``,
-  ``recurrent_regulons``), as upstream's ``aggregation_method='frequency'``, but counted per
-  regulon (``TF(+)`` and ``TF(-)`` apart) and per run, so a fraction never exceeds 1.
+* *frequency* (our first name: *recurrence*): run modules and pruning per run and keep what
+  recurs (``regulon_recurrence``, ``recurrent_regulons``, ``frequency_consensus``), as
+  upstream's ``aggregation_method='frequency'``: a (TF, target) pair is kept when it is in at
+  least ``frequency_threshold`` of the runs' pruned regulons, and a TF left with fewer than
+  ``min_genes_filter`` targets is dropped. Counted per regulon (``TF(+)`` and ``TF(-)``
+  apart) and per run, so a fraction never exceeds 1.
 
 ``run_seeds`` gives the per-run seeds as upstream: the given list, else
 ``SeedSequence(seed).spawn(n_runs)``.
@@ -37,6 +40,7 @@ __all__ = [
     "cv_filter",
     "regulon_recurrence",
     "recurrent_regulons",
+    "frequency_consensus",
     "run_seeds",
 ]
 
@@ -324,6 +328,30 @@ def recurrent_regulons(runs: Sequence[Sequence[dict]], min_fraction: float) -> l
             len(empty), min_fraction, empty[:10],
         )
     return regulons
+
+
+def frequency_consensus(runs: Sequence[Sequence[dict]], frequency_threshold: float,
+                        min_genes_filter: int = 5) -> tuple[list[dict], dict[str, float]]:
+    """Upstream's frequency consensus of the runs' pruned regulons, and each TF's score.
+
+    The regulons of ``recurrent_regulons(runs, frequency_threshold)`` (targets found in at
+    least that fraction of the runs), less those with fewer than ``min_genes_filter``
+    targets (the TF itself not counted). ``tf_frequency_scores``: per TF of a kept regulon,
+    the mean frequency of its kept targets (TF excluded; a TF's ``(+)`` and ``(-)`` regulons
+    together). An empty result is ``([], {})``.
+    """
+    if isinstance(min_genes_filter, (bool, np.bool_)) or not isinstance(min_genes_filter, numbers.Integral) \
+            or min_genes_filter < 0:
+        raise InputError(f"min_genes_filter must be an integer >= 0, got {min_genes_filter!r}")
+    _, genes = regulon_recurrence(runs)
+    kept, frequencies = [], {}
+    for regulon in recurrent_regulons(runs, frequency_threshold):
+        targets = [g for g in regulon["genes"] if g != regulon["tf"]]
+        if len(targets) < min_genes_filter:
+            continue
+        kept.append(regulon)
+        frequencies.setdefault(regulon["tf"], []).extend(genes[regulon["name"]][g] for g in targets)
+    return kept, {tf: float(np.mean(f)) if f else 0.0 for tf, f in sorted(frequencies.items())}
 
 
 # --- seeds ------------------------------------------------------------------------------

@@ -180,7 +180,11 @@ class ResourceSet:
 
 @dataclass(frozen=True)
 class DownloadedResources:
-    """Local paths of a verified resource set, as :func:`download_data` returns them."""
+    """Local paths of a verified resource set, as :func:`download_data` returns them.
+
+    ``directory`` holds the set's files: ``<cache_dir>/<datasource>/<species>/<version>``.
+    ``ranking_dbs`` and ``cache_dir`` are upstream flashscenic's names, read-only.
+    """
 
     species: str
     version: str
@@ -189,6 +193,18 @@ class DownloadedResources:
     motif_annotation: Path
     tf_list: Path
     directory: Path
+
+    @property
+    def ranking_dbs(self) -> tuple[Path, ...]:
+        """``ranking_databases``, under upstream flashscenic's name."""
+        return self.ranking_databases
+
+    @property
+    def cache_dir(self) -> Path:
+        """The cache the set was downloaded into, as upstream flashscenic names it: the
+        ``cache_dir`` to give ``download_data`` or ``run_flashscenic`` to find these files
+        again (upstream keeps the files there; here they are in ``directory``, below it)."""
+        return self.directory.parents[2]
 
 
 @dataclass(frozen=True)

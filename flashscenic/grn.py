@@ -102,6 +102,9 @@ def infer_grn(expression, gene_names, tf_names, *, n_steps: int = 1000, sparsity
             f"none of the {len(wanted)} TFs is among the {n_genes} genes (TFs start {sorted(wanted)[:3]}, "
             f"genes start {gene_names[:3]}): check the species and the gene identifiers (symbols vs Ensembl IDs)"
         )
+    if max_genes is not None and (isinstance(max_genes, bool) or not isinstance(max_genes, (int, np.integer))
+                                  or max_genes < 2):
+        raise InputError(f"max_genes must be an integer >= 2 or None, got {max_genes!r}")
     if sparsity_threshold is not None and (isinstance(sparsity_threshold, bool) or not np.isfinite(sparsity_threshold)):
         raise InputError(f"sparsity_threshold must be a finite number, got {sparsity_threshold!r}")
 
@@ -121,7 +124,7 @@ def infer_grn(expression, gene_names, tf_names, *, n_steps: int = 1000, sparsity
                          "remove or impute them before GRN inference")
     varying = _varying_genes(sample)
     chosen = None
-    if max_genes is not None and max_genes < int(varying.sum()):
+    if max_genes is not None and max_genes < n_genes:  # the store path's rule (stages.grn_genes)
         dispersion = GeneDispersion(n_genes)
         dispersion.add(sample)
         chosen = dispersion.most_variable(max_genes)
@@ -196,22 +199,42 @@ class GeneDispersion:
 
     N_BINS = 20
 
+    BLOCK_ROWS = 4096  # rows converted to float64 at a time
+
     def __init__(self, n_genes: int):
         self.n_cells = 0
         self.total = np.zeros(n_genes)
         self.squares = np.zeros(n_genes)
+        self.low = np.full(n_genes, np.inf)  # the exact range: a constant gene never varies, whatever the rounding
+        self.high = np.full(n_genes, -np.inf)
 
     def add(self, block) -> None:
+        if block.shape[0] > self.BLOCK_ROWS:
+            for start in range(0, block.shape[0], self.BLOCK_ROWS):
+                self.add(block[start:start + self.BLOCK_ROWS])
+            return
         n_genes = self.total.size
         if sp.issparse(block):
             block = block.tocsr()
+            if not block.has_canonical_format:
+                block = block.copy()
+                block.sum_duplicates()
             values = np.expm1(block.data, dtype=np.float64)
             self.total += np.bincount(block.indices, weights=values, minlength=n_genes)
             self.squares += np.bincount(block.indices, weights=values * values, minlength=n_genes)
+            np.minimum.at(self.low, block.indices, block.data)
+            np.maximum.at(self.high, block.indices, block.data)
+            implicit_zero = np.bincount(block.indices, minlength=n_genes) < block.shape[0]
+            self.low[implicit_zero] = np.minimum(self.low[implicit_zero], 0.0)
+            self.high[implicit_zero] = np.maximum(self.high[implicit_zero], 0.0)
         else:
-            values = np.expm1(np.asarray(block), dtype=np.float64)
+            block = np.asarray(block)
+            values = np.expm1(block, dtype=np.float64)
             self.total += values.sum(axis=0)
             self.squares += np.square(values).sum(axis=0)
+            if block.shape[0]:
+                self.low = np.minimum(self.low, block.min(axis=0))
+                self.high = np.maximum(self.high, block.max(axis=0))
         self.n_cells += block.shape[0]
 
     def normalized_dispersion(self) -> np.ndarray:
@@ -233,7 +256,9 @@ class GeneDispersion:
         spread = np.where(alone, average, spread)
         average = np.where(alone, 0.0, average)
         with np.errstate(divide="ignore", invalid="ignore"):
-            return (dispersion - average) / spread
+            score = (dispersion - average) / spread
+        score[~(self.high > self.low)] = np.nan  # constant: its variance is rounding, not signal
+        return score
 
     def most_variable(self, n: int) -> np.ndarray:
         """Positions of the ``n`` most variable genes, highest first (fewer when fewer vary)."""

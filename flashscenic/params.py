@@ -22,12 +22,13 @@ from typing import Any
 
 from .errors import InputError
 
-__all__ = ["Params", "DEVICES", "MERGE_STRATEGIES", "EXPORT_FORMATS", "CLI_DEFAULTS", "STORE_PIPELINE_ONLY",
+__all__ = ["Params", "DEVICES", "MERGE_STRATEGIES", "AGGREGATION_METHODS", "EXPORT_FORMATS", "CLI_DEFAULTS", "STORE_PIPELINE_ONLY",
            "DEFAULT_DASHBOARD"]
 
 DEFAULT_SPECIES, DEFAULT_VERSION, DEFAULT_DATASOURCE = "human", "v10", "scenic"  # of downloaded resources
 DEVICES = ("auto", "cpu", "cuda")
 MERGE_STRATEGIES = ("union", "best")
+AGGREGATION_METHODS = ("mean_adjacency", "frequency")  # of GRN runs (upstream flashscenic's names)
 DEFAULT_DASHBOARD = ":8787"  # the embedded Dask cluster's dashboard (127.0.0.1:8787, or a free port)
 EXPORT_FORMATS = {  # export_results' formats -> default file name
     "adjacencies": "adjacencies.tsv",
@@ -39,8 +40,10 @@ EXPORT_FORMATS = {  # export_results' formats -> default file name
     "loom": "scope.loom",
 }
 
-# fields that are not run_flashscenic's: the store pipeline's own (multi_run_flashscenic has n_runs, cv_threshold)
-STORE_PIPELINE_ONLY = ("grn_max_cells", "grn_runs", "grn_cv_threshold")
+# fields that are not run_flashscenic's: the store pipeline's own (multi_run_flashscenic names its own: n_runs,
+# cv_threshold, aggregation_method, frequency_threshold, min_genes_filter)
+STORE_PIPELINE_ONLY = ("grn_max_cells", "grn_runs", "grn_cv_threshold", "grn_aggregation", "grn_frequency_threshold",
+                       "grn_min_genes_filter")
 
 # name -> (command-line default, why it differs from the API's)
 CLI_DEFAULTS: dict[str, tuple[Any, str]] = {
@@ -186,13 +189,23 @@ class Params:
         "are the regulators. Modules and pruning use those genes' links; AUCell still ranks every gene.",
         _integer(2, optional=True), group="grn", kind=int)
     grn_runs: int = _param(
-        1, "RegDiffusion runs whose mean network is the consensus (seeds spawned from the seed; with "
+        1, "RegDiffusion runs combined into one result by grn_aggregation (seeds spawned from the seed; with "
         "grn_max_cells each run also samples its own cells). Each run is a task of its own; how often each regulon "
         "recurs over the runs is stored.", _integer(1), group="grn", kind=int)
     grn_cv_threshold: float | None = _param(
         None, "Drop consensus edges whose coefficient of variation over the runs (std / |mean|) reaches this "
         "(None, CLI none: keep every edge; needs grn_runs > 1).", _number(0, open_low=True, optional=True),
         group="grn", kind=float)
+    grn_aggregation: str = _param(
+        "mean_adjacency", "How GRN runs make one result: 'mean_adjacency' (modules and pruning of the runs' mean "
+        "network) or 'frequency' (the (TF, target) pairs found in at least grn_frequency_threshold of the runs' "
+        "pruned regulons; multi_run_flashscenic's default).", group="grn", choices=AGGREGATION_METHODS)
+    grn_frequency_threshold: float = _param(
+        0.5, "With grn_aggregation 'frequency': the fraction of runs (0 < t <= 1) a (TF, target) pair must reach.",
+        _number(0, 1, open_low=True), group="grn", kind=float)
+    grn_min_genes_filter: int = _param(
+        5, "With grn_aggregation 'frequency': drop regulons left with fewer targets than this.", _integer(0),
+        group="grn", kind=int)
     module_k: int = _param(50, "Size of the top{k} modules: each TF's k strongest targets.", _integer(1),
                            group="module", kind=int)
     module_percentile_thresholds: tuple[float, ...] = _param(
@@ -250,6 +263,14 @@ class Params:
         if self.grn_cv_threshold is not None and self.grn_runs == 1:
             raise InputError(f"grn_cv_threshold={self.grn_cv_threshold} needs several GRN runs (grn_runs > 1): the "
                              "CV of one run is 0")
+
+    def warn_unused_cv_threshold(self, stacklevel: int = 3) -> None:
+        """One warning when ``grn_cv_threshold`` is set with the 'frequency' aggregation, where it does nothing."""
+        if self.grn_cv_threshold is not None and self.grn_aggregation == "frequency":
+            import warnings
+
+            warnings.warn(f"cv_threshold={self.grn_cv_threshold} has no effect with aggregation 'frequency' (it "
+                          "filters the mean network of 'mean_adjacency')", UserWarning, stacklevel=stacklevel)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Params:

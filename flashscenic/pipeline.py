@@ -43,7 +43,7 @@ from .stages import (Resources, announce_grn_time, aucell_block, aucell_chunk_ta
                      grn_run_task, grn_task, infer_weights, make_modules, prune, regulon_matrix, regulons_of, release_gpu_memory,
                      require_regdiffusion, resources_of, sparse_weights)
 
-__all__ = ["run_flashscenic", "multi_run_flashscenic", "run_pipeline"]
+__all__ = ["run_flashscenic", "run_pipeline"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,97 +127,6 @@ def run_flashscenic(
     return _in_memory(exp_matrix, gene_names, params, adj_matrix=adj_matrix)
 
 
-def multi_run_flashscenic(
-    exp_matrix,
-    gene_names: Sequence[str],
-    species: str = "human",
-    *,
-    n_runs: int = 5,
-    cv_threshold: float | None = None,
-    return_adj_matrices: bool = False,
-    seeds: Sequence[int] | None = None,
-    consensus: str = "mean",
-    min_recurrence: float = 0.5,
-    datasource: str = "scenic",
-    version: str = "v10",
-    cache_dir: str | None = None,
-    tf_list_path: str | None = None,
-    ranking_db_paths: Sequence[str] | None = None,
-    motif_annotation_path: str | None = None,
-    grn_n_steps: int = 1000,
-    grn_sparsity_threshold: float = 1.5,
-    grn_max_genes: int | None = None,
-    module_k: int = 50,
-    module_percentile_thresholds: Sequence[float] = (75,),
-    module_top_n_per_target: Sequence[int] = (5, 10, 50),
-    module_min_targets: int = 20,
-    module_min_fraction: float | None = None,
-    module_include_tf: bool = True,
-    pruning_rank_threshold: int = 5000,
-    pruning_auc_threshold: float = 0.05,
-    pruning_nes_threshold: float = 3.0,
-    pruning_min_genes: int = 0,
-    pruning_merge_strategy: str = "union",
-    annotation_motif_similarity_fdr: float = 0.001,
-    annotation_orthologous_identity: float = 0.0,
-    aucell_k: int | None = None,
-    aucell_auc_threshold: float = 0.05,
-    aucell_batch_size: int = 32,
-    device: str = "cuda",
-    seed: int | None = None,
-    verbose: bool = True,
-) -> dict:
-    """SCENIC on a consensus of ``n_runs`` GRN runs: RegDiffusion is stochastic, one seed is one network.
-
-    Each run trains RegDiffusion with its own seed (``seeds``, else spawned from ``seed`` with
-    ``numpy.random.SeedSequence``); the runs' weights are averaged (a running mean and
-    variance: memory of one network, not ``n_runs``), edges whose coefficient of variation
-    (std / |mean|) over the runs reaches ``cv_threshold`` are dropped, and modules, pruning and
-    AUCell run once on that consensus (``consensus='mean'``). Each run's own network also goes
-    through modules and pruning, so every regulon gets its recurrence: the fraction of runs
-    that found it (and, per target gene, that found it with that gene). ``consensus=
-    'recurrence'`` scores instead the regulons found in at least ``min_recurrence`` of the
-    runs, with the targets found in at least that fraction.
-
-    Parameters
-    ----------
-    exp_matrix, gene_names, species
-        As ``run_flashscenic``; every other ``run_flashscenic`` parameter too (keywords).
-    n_runs
-        GRN runs.
-    cv_threshold
-        Drop consensus edges whose CV over the runs reaches this (None: keep every edge).
-    return_adj_matrices
-        Also return each run's TF x gene weights (``adj_matrices``; memory: ``n_runs`` networks).
-    seeds
-        One seed per run (``len(seeds) == n_runs``); default: spawned from ``seed``.
-    consensus
-        ``'mean'`` (the mean network) or ``'recurrence'`` (recurrent regulons).
-    min_recurrence
-        With ``consensus='recurrence'``: the fraction of runs a regulon and a target must reach.
-
-    Returns
-    -------
-    dict
-        What ``run_flashscenic`` returns, plus ``adj_mean`` and ``adj_cv`` (TF x gene, rows
-        ``adj_tf_names``), ``adj_matrices`` (or None), ``n_runs``, ``cv_threshold``,
-        ``n_edges_cv_filtered``, ``regulon_recurrence`` (name -> fraction of runs),
-        ``target_recurrence`` (name -> {gene -> fraction}); ``parameters['seeds']``.
-    """
-    from .consensus import run_seeds
-
-    arguments = locals()
-    params = Params(**{n: arguments[n] for n in _API_PARAMS}, grn_runs=n_runs, grn_cv_threshold=cv_threshold)
-    params = params.with_seed()
-    if consensus not in ("mean", "recurrence"):
-        raise InputError(f"consensus must be 'mean' or 'recurrence', got {consensus!r}")
-    if isinstance(min_recurrence, bool) or not isinstance(min_recurrence, (int, float)) or not 0 < min_recurrence <= 1:
-        raise InputError(f"min_recurrence must be a number in (0, 1], got {min_recurrence!r}")
-    runs = {"seeds": run_seeds(params.seed, n_runs, seeds), "return_adj_matrices": bool(return_adj_matrices),
-            "consensus": consensus, "min_recurrence": float(min_recurrence)}
-    return _in_memory(exp_matrix, gene_names, params, runs=runs)
-
-
 def _in_memory(exp_matrix, gene_names, params: Params, *, adj_matrix=None, runs: dict | None = None) -> dict:
     """The in-memory pipeline: one GRN (or ``adj_matrix``), or the consensus of ``runs``."""
     gene_names = _gene_names(gene_names, exp_matrix.shape[1])
@@ -232,7 +141,7 @@ def _in_memory(exp_matrix, gene_names, params: Params, *, adj_matrix=None, runs:
 
     timer = _Timer(params.verbose)
     if adj_matrix is None:
-        announce_grn_time(len(gene_names), exp_matrix.shape[0], params)
+        announce_grn_time(len(gene_names), exp_matrix.shape[0], params, runs=len(runs["seeds"]) if runs else 1)
     with timer("grn"):
         if runs is None:
             weights, tf_names, trained = infer_weights(exp_matrix, gene_names, tf_names, params,
@@ -244,20 +153,26 @@ def _in_memory(exp_matrix, gene_names, params: Params, *, adj_matrix=None, runs:
             if (trained := out.pop("grn_genes")) is not None:
                 parameters["grn_genes"] = trained
             parameters.update(seeds=runs["seeds"], n_runs=len(runs["seeds"]), cv_threshold=params.grn_cv_threshold,
-                              consensus=runs["consensus"], min_recurrence=runs["min_recurrence"])
-    if runs is not None and runs["consensus"] == "recurrence":
-        from .consensus import recurrent_regulons
+                              aggregation_method=params.grn_aggregation,
+                              frequency_threshold=params.grn_frequency_threshold,
+                              min_genes_filter=params.grn_min_genes_filter)
+    if runs is not None and params.grn_aggregation == "frequency":
+        from .consensus import frequency_consensus
 
-        regulons = recurrent_regulons(out["runs"], runs["min_recurrence"])
+        regulons, out["tf_frequency_scores"] = frequency_consensus(out["runs"], params.grn_frequency_threshold,
+                                                                   params.grn_min_genes_filter)
         if not regulons:
-            raise InputError(f"no regulon was found in at least min_recurrence={runs['min_recurrence']} of the "
-                             f"{len(runs['seeds'])} runs; lower min_recurrence or use consensus='mean'")
+            raise InputError(f"no regulon kept {params.grn_min_genes_filter} or more targets found in at least "
+                             f"frequency_threshold={params.grn_frequency_threshold} of the {len(runs['seeds'])} runs; "
+                             "lower frequency_threshold or min_genes_filter, or use aggregation_method="
+                             "'mean_adjacency'")
     else:
         with timer("modules"):
             modules = make_modules(weights, tf_names, gene_names, params)
         with timer("pruning"):
             _, regulons = prune(modules, params, resources)
     if runs is not None:
+        out.setdefault("tf_frequency_scores", None)
         regulons = [{**r, "recurrence": float(out["regulon_recurrence"].get(r["name"], 0.0))} for r in regulons]
         del out["runs"]
     with timer("aucell"):
@@ -439,6 +354,9 @@ def run_pipeline(
     folder = _runfolder.RunFolder(out)
     source = _Input(input, folder, layer=layer, log1p=log1p, transpose=transpose, cell_type_column=cell_type_column)
     adjacency_table, adjacency_print = _adjacencies(adjacencies)
+    params.warn_unused_cv_threshold()
+    if params.grn_aggregation == "frequency" and params.grn_runs == 1:
+        raise InputError("grn_aggregation 'frequency' combines several GRN runs: give grn_runs > 1 (--grn-runs N)")
     if adjacency_table is None:
         require_regdiffusion()
     elif params.grn_runs > 1 or params.grn_cv_threshold is not None:
@@ -566,7 +484,10 @@ def _matching_run(folder, candidates: list[Path], params: Params, fingerprint: d
     for work in candidates:
         recorded = _open_results(work / _runfolder.RESULTS).parameters
         tried = params if params.seed is not None else params.replace(seed=recorded.get("params", {}).get("seed"))
-        changed = _runfolder.changes(recorded.get("fingerprint", {}), {**fingerprint, "params": _result_params(tried)})
+        old = dict(recorded.get("fingerprint", {}))
+        if isinstance(old.get("params"), dict):  # a run made before a parameter existed had its default
+            old["params"] = {**_result_params(Params()), **old["params"]}
+        changed = _runfolder.changes(old, {**fingerprint, "params": _result_params(tried)})
         if not changed:
             return work, tried, recorded
         which = "the interrupted run in " + str(work) if work == folder.partial else "the finished run"
@@ -721,7 +642,7 @@ def _stages(results, store, tf_names, params: Params, resources: Resources, adja
             if adjacencies is not None:
                 weights, tf_rows, _ = infer_weights(None, gene_names, tf_names, params, adjacencies=adjacencies)
             else:
-                genes = _budget_genes(results, store, params, executor)
+                genes = _budget_genes(results, store, tf_names, params, executor)
                 if params.grn_runs == 1:
                     runner = InProcessExecutor() if getattr(executor, "local_cpus", False) else executor
                     [(weights, tf_rows)] = runner.map(grn_task, [(expression, tf_names, params, run_id, False, genes)],
@@ -739,19 +660,26 @@ def _stages(results, store, tf_names, params: Params, resources: Resources, adja
     if results.is_complete("pruning"):
         regulons = results.read_regulons()
     else:
-        with timer("modules"):  # small and deterministic: recomputed on resume, not stored
-            modules = make_modules(weights, tf_rows, gene_names, params,
-                                   device=coordinator_device(executor, params))
-        _mark(results, timer, "modules", n_modules=len(modules))
+        frequency = params.grn_runs > 1 and params.grn_aggregation == "frequency"
+        shards = n_prune_shards or executor.slots
+        if not frequency:  # the frequency consensus builds modules per run, not of the mean network
+            with timer("modules"):  # small and deterministic: recomputed on resume, not stored
+                modules = make_modules(weights, tf_rows, gene_names, params,
+                                       device=coordinator_device(executor, params))
+            _mark(results, timer, "modules", n_modules=len(modules))
         with timer("pruning"), executor.stage("pruning"):
-            table, regulons = prune(modules, params, resources, executor, n_prune_shards or executor.slots)
-            recurrence = params.grn_runs > 1
-            if recurrence:
-                regulons = _with_recurrence(results, regulons, gene_names, params, resources, executor,
-                                            n_prune_shards or executor.slots)
+            runs = _run_regulons(results, gene_names, params, resources, executor, shards) if params.grn_runs > 1 \
+                else None
+            if frequency:
+                table, regulons = _frequency_regulons(runs, params, results)
+            else:
+                table, regulons = prune(modules, params, resources, executor, shards)
+            if runs is not None:
+                regulons = _with_recurrence(results, regulons, runs)
             results.write_motifs(table)
             results.write_regulons(regulons, gene_names, weighted=False)
-        _mark(results, timer, "pruning", n_regulons=len(regulons), recurrence=recurrence)
+        _mark(results, timer, "pruning", n_regulons=len(regulons), recurrence=runs is not None,
+              aggregation=params.grn_aggregation if runs is not None else None)
 
     if not results.is_complete("auc"):
         with timer("auc"), executor.stage("aucell"):
@@ -776,16 +704,21 @@ def _stages(results, store, tf_names, params: Params, resources: Resources, adja
               chunk_cells=results.chunk_rows)
 
 
-def _budget_genes(results, store, params: Params, executor) -> list[str] | None:
+def _budget_genes(results, store, tf_names, params: Params, executor) -> list[str] | None:
     """The gene budget's genes (chosen once, recorded in the run's parameters; a resumed run
     keeps them), after logging the GRN's time estimate for the device it runs on."""
     genes = results.parameters.get("grn_genes") or grn_genes(store, params)
     if genes is not None:
+        if not set(genes) & set(tf_names):
+            raise InputError(f"none of the {len(set(tf_names))} TFs is among the {len(genes)} most variable genes: "
+                             "raise the gene budget (grn_max_genes, --grn-max-genes)")
         results.update_parameters(grn_genes=genes)
     on_gpu = getattr(executor, "has_gpu", False)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    # GRN runs of a consensus share the cores (CPU) or take one GPU each
+    rounds = -(-params.grn_runs // max(1, executor.slots)) if on_gpu else params.grn_runs
     announce_grn_time(len(genes or store.gene_names), min(params.grn_max_cells or store.n_cells, store.n_cells),
-                      params, "cuda" if on_gpu else None, threads=None if on_gpu else cores)
+                      params, "cuda" if on_gpu else None, threads=None if on_gpu else cores, runs=rounds)
     return genes
 
 
@@ -812,17 +745,42 @@ def _grn_runs(results, expression: str, gene_names: list[str], tf_names, params:
                               "cv_threshold": params.grn_cv_threshold, "n_edges_cv_filtered": n_filtered}
 
 
-def _with_recurrence(results, regulons: list[dict], gene_names, params: Params, resources, executor,
-                     n_shards: int) -> list[dict]:
-    """Each run's own network through modules and pruning: store how often each regulon (and each
-    of its targets) recurs over the runs, and give each consensus regulon its ``recurrence``."""
+def _run_regulons(results, gene_names, params: Params, resources, executor, n_shards: int) -> list[list[dict]]:
+    """Each GRN run's own network through modules and pruning (its sparsity threshold applied)."""
+    tf_rows = results.grn_run_tf_names
+    return [regulons_of(sparse_weights(results.read_grn_run(i), params), tf_rows, gene_names, params, resources,
+                        executor, n_shards) for i in range(len(results.grn_run_seeds))]
+
+
+def _frequency_regulons(runs: list[list[dict]], params: Params, results):
+    """The frequency consensus of the runs' regulons (``consensus.frequency_consensus``), its TF
+    scores stored; no single motif table (each regulon comes from several runs' motifs), so
+    the stored motif table is empty."""
+    import pandas as pd
+
+    from .consensus import frequency_consensus
+    from .regulons import MOTIF_COLUMNS
+
+    regulons, scores = frequency_consensus(runs, params.grn_frequency_threshold, params.grn_min_genes_filter)
+    if not regulons:
+        raise InputError(f"no regulon kept {params.grn_min_genes_filter} or more targets found in at least "
+                         f"{params.grn_frequency_threshold:g} of the {len(runs)} GRN runs; lower "
+                         "--grn-frequency-threshold or --grn-min-genes-filter, or use --grn-aggregation mean_adjacency")
+    results.write_table("tf_frequency_scores", pd.DataFrame({"tf": list(scores), "score": list(scores.values())}))
+    empty = pd.DataFrame({c: pd.Series(dtype=object) for c in MOTIF_COLUMNS})
+    for name in ("AUC", "NES", "MotifSimilarityQvalue", "OrthologousIdentity"):
+        empty[name] = pd.Series(dtype=np.float64)
+    empty["RankAtMax"] = pd.Series(dtype=np.int64)
+    return empty, regulons
+
+
+def _with_recurrence(results, regulons: list[dict], runs: list[list[dict]]) -> list[dict]:
+    """Store how often each regulon (and each of its targets) recurs over the runs, and give
+    each consensus regulon its ``recurrence``."""
     import pandas as pd
 
     from .consensus import regulon_recurrence
 
-    tf_rows = results.read_tf_gene_weights()[1]
-    runs = [regulons_of(sparse_weights(results.read_grn_run(i), params), tf_rows, gene_names, params, resources,
-                        executor, n_shards) for i in range(len(results.grn_run_seeds))]
     recurrence, targets = regulon_recurrence(runs)
     results.write_table("regulon_recurrence", pd.DataFrame({"regulon": list(recurrence),
                                                             "recurrence": list(recurrence.values())}))

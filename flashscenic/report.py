@@ -6,7 +6,9 @@ JavaScript, no external CSS, no network (a Content-Security-Policy in the file f
 anything but inline styles and ``data:`` images). It contains
 
 * a run summary: cells, regulons, motif rows, cell types, stages;
-* the cells embedded by their regulon activity (PCA of the AUC), coloured by cell type;
+* the cells embedded by their regulon activity, coloured by cell type: a UMAP of the AUC
+  where umap-learn is installed (``pip install flashscenic[umap]``; ``make install`` has
+  it), else its PCA; the caption says which;
 * a heatmap of each regulon's mean AUC per cell type (scaled per regulon), regulons and cell
   types ordered by hierarchical clustering, with their dendrograms;
 * each regulon's binarised activity: the fraction of the cells of each type in which it is
@@ -22,7 +24,9 @@ random subsample of at most 20,000 cells is kept for the per-cell figures (embed
 binarisation); their captions say so. An RSS the run did not store (labels other than the
 run's) is computed block by block too. The binarisation thresholds are derived from 1,000
 of those cells: pySCENIC's dip test, mixture and density fits cost about 0.1 s a regulon
-whatever the number of cells. Heatmaps with many regulons grow with the number of rows, at
+whatever the number of cells. The UMAP of the subsample takes seconds (about 15 s for
+20,000 cells on two CPU cores, plus umap-learn's compilation on its first call in a process).
+Heatmaps with many regulons grow with the number of rows, at
 a legible font, up to 200 rows (then the most specific regulons are shown, and the caption
 says so).
 
@@ -56,7 +60,7 @@ import numpy as np
 import pandas as pd
 
 from ._utils import atomic_path
-from .errors import InputError, MissingFileError
+from .errors import InputError, MissingDependencyError, MissingFileError
 from .rss import default_label_column
 from .store import ResultsStore, open_expression_store, open_results_store
 
@@ -69,7 +73,8 @@ _MAX_REGULON_COLUMNS = 50  # regulons (columns) of the RSS heatmap
 _MAX_HEATMAP_ROWS = 200  # regulons (rows) of the activity and binarisation heatmaps
 _SAMPLE_CELLS = 20_000  # cells kept for the per-cell figures (embedding, on/off fractions)
 _BINARIZE_CELLS = 1_000  # of those, cells whose AUC sets the binarisation thresholds (its cost is per regulon)
-_SEED = 0  # of the subsamples and of the binarisation
+_SEED = 0  # of the subsamples, the binarisation and the UMAP
+_UMAP_NEIGHBOURS = 15  # umap-learn's default
 _BLOCK_VALUES = 2**22  # AUC values read at a time, whatever the store's chunking (bounds memory)
 _MIN_FONT = 7.0  # points: no label in a figure is smaller
 _LABEL_CHARS = 32  # tick labels longer than this are shortened in figures
@@ -474,13 +479,13 @@ def _sample_note(auc: _Auc) -> str:
 
 
 def _embedding_section(page: _Page, auc: _Auc, per_type: _PerType | None) -> None:
-    """PCA of the AUC: linear and deterministic, seconds for any number of cells, no new dependency."""
+    """A UMAP of the AUC, which sets cell types apart as SCENIC users expect to see them; a PCA
+    (linear, deterministic, no extra dependency) where umap-learn is missing or cells are too few."""
     heading = "Cells by regulon activity"
     if len(auc.names) < 2:
         page.section("cells", heading, _note(f"An embedding needs at least 2 regulons; the run scored "
                                              f"{len(auc.names)}."))
         return
-    coordinates, explained = _pca(auc.sample, 4)
     if per_type is not None:
         codes = per_type.labels.codes[auc.rows]
         shown = sorted(per_type.types)  # legend in the tables' order
@@ -494,20 +499,47 @@ def _embedding_section(page: _Page, auc: _Auc, per_type: _PerType | None) -> Non
     else:
         groups = [("cells", np.ones(auc.rows.size, dtype=bool))]
         colouring = "not coloured: the cells have no labels"
-    image = _render(_embedding_figure, coordinates, explained, groups)
-    caption = (f"Principal components of the regulon activity (AUC, each regulon scaled to unit variance) of "
-               f"{_sample_note(auc)}, {colouring}. PCA keeps distances linear and takes seconds at any size; "
-               f"percentages: variance explained.")
-    page.section("cells", heading, _figure("embedding", image, f"Scatter plot of {auc.rows.size:,} cells on their "
-                                           f"first principal components of regulon activity", caption))
+    coordinates, why_not = _umap(auc.sample)
+    if coordinates is not None:
+        image = _render(_embedding_figure, coordinates, ["UMAP1", "UMAP2"], groups)
+        caption = (f"UMAP of the regulon activity (AUC, each regulon scaled to unit variance; "
+                   f"{_UMAP_NEIGHBOURS} nearest neighbours, seed {_SEED}) of {_sample_note(auc)}, {colouring}. "
+                   "Distances between clusters are not to scale.")
+        alt = f"Scatter plot of {auc.rows.size:,} cells on a UMAP of regulon activity"
+    else:
+        coordinates, explained = _pca(auc.sample, 4)
+        axes = [f"PC{i + 1} ({share:.0%})" for i, share in enumerate(explained)]
+        image = _render(_embedding_figure, coordinates, axes, groups)
+        caption = (f"PCA, not UMAP: {why_not}. Principal components of the regulon activity (AUC, each regulon "
+                   f"scaled to unit variance) of {_sample_note(auc)}, {colouring}; percentages: variance explained.")
+        alt = f"Scatter plot of {auc.rows.size:,} cells on their first principal components of regulon activity"
+    page.section("cells", heading, _figure("embedding", image, alt, caption))
+
+
+def _umap(values: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """The UMAP of the standardised AUC, its kNN on the CPU (seeded, so reproducible, and no
+    GPU context in the coordinator); or None and why there is none."""
+    from .embedding import umap
+
+    if values.shape[0] <= _UMAP_NEIGHBOURS:
+        return None, f"{values.shape[0]} cells are too few for a UMAP of {_UMAP_NEIGHBOURS} neighbours"
+    try:
+        return umap(_standardised(values), n_neighbors=_UMAP_NEIGHBOURS, device="cpu", random_state=_SEED), ""
+    except MissingDependencyError:
+        return None, "umap-learn is not installed (pip install flashscenic[umap])"
+
+
+def _standardised(values: np.ndarray) -> np.ndarray:
+    """Columns centred and scaled to unit variance (a constant column stays 0), in float64."""
+    x = np.asarray(values, dtype=np.float64)
+    x = x - x.mean(axis=0)
+    spread = x.std(axis=0)
+    return x / np.where(spread > 0, spread, 1.0)
 
 
 def _pca(values: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray]:
     """Cells x components scores and the fraction of variance each explains (columns standardised)."""
-    x = np.asarray(values, dtype=np.float64)
-    x = x - x.mean(axis=0)
-    spread = x.std(axis=0)
-    x /= np.where(spread > 0, spread, 1.0)
+    x = _standardised(values)
     covariance = x.T @ x
     eigenvalues, vectors = np.linalg.eigh(covariance)
     top = np.argsort(eigenvalues)[::-1][: min(n_components, x.shape[1])]
@@ -691,10 +723,13 @@ def _recurrence_section(page: _Page, store: ResultsStore) -> None:
     always = int((table["recurrence"] == 1.0).sum())
     n_runs = int(grn["n_runs"])
     shown = 30
-    caption = (f"{n_runs} GRN runs (seeds {', '.join(map(str, grn.get('seeds', [])))}); the consensus is "
-               f"their mean network" + (f", edges with a CV of {grn['cv_threshold']:g} or more dropped "
-                                        f"({grn.get('n_edges_cv_filtered', 0):,} edges)" if grn.get("cv_threshold")
-                                        else "") +
+    frequency = store.stages.get("pruning", {}).get("aggregation") == "frequency"
+    threshold = store.parameters.get("params", {}).get("grn_frequency_threshold")
+    consensus = (f"the consensus keeps the targets found in at least {threshold:.0%} of the runs"
+                 if frequency and isinstance(threshold, (int, float)) else "the consensus is their mean network"
+                 + (f", edges with a CV of {grn['cv_threshold']:g} or more dropped "
+                    f"({grn.get('n_edges_cv_filtered', 0):,} edges)" if grn.get("cv_threshold") else ""))
+    caption = (f"{n_runs} GRN runs (seeds {', '.join(map(str, grn.get('seeds', [])))}); {consensus}" +
                f". {_count(len(table), 'regulon')} found in at least one run, {always:,} in every run"
                + (f"; the table lists the {shown} most recurrent." if len(table) > shown else "."))
     runs = np.rint(table["recurrence"].to_numpy(np.float64) * n_runs).astype(int)
@@ -722,7 +757,10 @@ def _motif_section(page: _Page, store: ResultsStore) -> None:
     nes = pd.to_numeric(motifs["NES"], errors="coerce").to_numpy(np.float64)
     nes = nes[np.isfinite(nes)]
     if nes.size == 0:
-        page.section("motifs", "Enriched motifs (NES)", _note("The motif table is empty: no motif was enriched."))
+        frequency = store.stages.get("pruning", {}).get("aggregation") == "frequency"
+        page.section("motifs", "Enriched motifs (NES)", _note(
+            "A frequency consensus of GRN runs has no single motif table: its regulons gather the targets several "
+            "runs' motifs found." if frequency else "The motif table is empty: no motif was enriched."))
         return
     threshold = store.parameters.get("pruning_nes_threshold")
     threshold = float(threshold) if isinstance(threshold, (int, float)) and not isinstance(threshold, bool) else None
@@ -891,8 +929,8 @@ def _colours(n: int) -> list:
     return [every[i % len(every)] for i in range(n)]
 
 
-def _embedding_figure(coordinates: np.ndarray, explained: np.ndarray, groups: list[tuple[str, np.ndarray]]):
-    """PC1 x PC2 (and PC3 x PC4 when there are four components), one colour per group, legend at the right."""
+def _embedding_figure(coordinates: np.ndarray, axes: Sequence[str], groups: list[tuple[str, np.ndarray]]):
+    """Columns 1 x 2 (and 3 x 4 when there are four), named by ``axes``, one colour per group, legend at the right."""
     from matplotlib.colors import to_rgba
     from matplotlib.lines import Line2D
 
@@ -917,8 +955,8 @@ def _embedding_figure(coordinates: np.ndarray, explained: np.ndarray, groups: li
         x, y = 2 * panel, 2 * panel + 1
         ax.scatter(coordinates[shuffled, x], coordinates[shuffled, y], s=size, c=palette[point[shuffled]],
                    linewidths=0, alpha=0.8)
-        ax.set_xlabel(f"PC{x + 1} ({explained[x]:.0%})")
-        ax.set_ylabel(f"PC{y + 1} ({explained[y]:.0%})")
+        ax.set_xlabel(axes[x])
+        ax.set_ylabel(axes[y])
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_aspect("equal", adjustable="datalim")

@@ -1,5 +1,9 @@
 """Regulon specificity scores (Suo et al. 2018), equal to pySCENIC's ``regulon_specificity_scores``.
 
+Two forms of the same numbers: :func:`regulon_specificity_scores` returns the documented
+flashscenic dict (``'rss'`` array, ``'cell_types'``, ``'regulon_names'``); :func:`rss_table`
+returns pySCENIC's form, a cell types x regulons DataFrame.
+
 For regulon r and cell type t, p is the regulon's AUC over cells normalised to sum 1 and
 q the indicator of t normalised to sum 1; RSS = 1 - sqrt(JS(p, q)), with JS the
 Jensen-Shannon divergence in natural log (``scipy.spatial.distance.jensenshannon``).
@@ -26,15 +30,46 @@ from scipy.special import rel_entr
 
 from .errors import InputError
 
-__all__ = ["regulon_specificity_scores", "rss_by_label", "rss_of_store", "default_label_column"]
+__all__ = ["regulon_specificity_scores", "rss_table", "rss_by_label", "rss_of_store", "default_label_column"]
 
 logger = logging.getLogger(__name__)
 
 _BLOCK_VALUES = 2**22  # values per block of cells (bounds memory)
 
 
-def regulon_specificity_scores(auc_matrix, cell_type_labels, regulon_names: Sequence[str] | None = None) -> pd.DataFrame:
-    """Regulon specificity score of every regulon in every cell type.
+def regulon_specificity_scores(auc_matrix, cell_type_labels, regulon_names: Sequence[str] | None = None) -> dict:
+    """Regulon specificity score of every regulon in every cell type, as the documented dict.
+
+    The numbers of :func:`rss_table` (see it for the inputs, the float64 computation and
+    the NaN of a regulon whose AUC is 0 everywhere), in flashscenic's documented form.
+
+    Parameters
+    ----------
+    auc_matrix
+        Cells x regulons AUC values: a numpy array, torch tensor or DataFrame.
+    cell_type_labels
+        One label per cell: a list, array or pandas Series.
+    regulon_names
+        Names of the regulon columns (default: a DataFrame's columns, else "0", "1", ...).
+
+    Returns
+    -------
+    dict
+        ``'rss'``: np.ndarray (n_cell_types x n_regulons), float64; ``'cell_types'``: the
+        sorted unique labels as text (the rows of ``'rss'``); ``'regulon_names'``: the
+        regulon names as text (its columns).
+    """
+    table = rss_table(auc_matrix, cell_type_labels, regulon_names)
+    return {"rss": table.to_numpy(), "cell_types": [str(t) for t in table.index],
+            "regulon_names": [str(r) for r in table.columns]}
+
+
+def rss_table(auc_matrix, cell_type_labels, regulon_names: Sequence[str] | None = None) -> pd.DataFrame:
+    """Regulon specificity scores in pySCENIC's form: a cell types x regulons DataFrame (its
+    numbers; the cell types sorted, where pySCENIC keeps their order of appearance).
+
+    pySCENIC's ``regulon_specificity_scores`` returns this table; flashscenic's function of
+    that name returns the same numbers as a dict (:func:`regulon_specificity_scores`).
 
     Parameters
     ----------

@@ -129,15 +129,18 @@ def scenic(
         targets among them scores 0. Only the ``aucell_*``, ``device``, ``seed`` and
         ``verbose`` parameters apply (an ``aucell_k`` that would cut a regulon is refused).
     n_runs, cv_threshold, seeds, consensus, min_recurrence
-        ``n_runs > 1``: the consensus of that many GRN runs (``multi_run_flashscenic``); the
-        regulons table then holds each regulon's ``recurrence`` and
-        ``uns['flashscenic'][key_added]['target_recurrence']`` each target's.
+        ``n_runs > 1``: the consensus of that many GRN runs (``multi_run_flashscenic``, with
+        our first names of its ``aggregation_method``: ``consensus='mean'`` is
+        ``'mean_adjacency'``, ``'recurrence'`` is ``'frequency'`` with ``frequency_threshold=
+        min_recurrence`` and its ``min_genes_filter`` of 5); the regulons table then holds each
+        regulon's ``recurrence`` and ``uns['flashscenic'][key_added]['target_recurrence']`` each
+        target's.
     n_workers, client
         Run on the engine's executors (``run_pipeline``): an embedded Dask cluster of
         ``n_workers`` workers (0: the engine in this process), or the ``distributed.Client``
         given (left open). On the CPU the same results, bit for bit (on GPU workers: see the
-        README, "On a GPU"). There ``seeds`` and
-        ``consensus='recurrence'`` are not available, and ``adj_matrix`` must be a table.
+        README, "On a GPU"). There ``seeds`` is not available, and ``adj_matrix`` must be a
+        table.
     run_dir
         With ``n_workers`` or ``client``: the run folder (kept, with its report; must not
         hold a run). Default: a temporary folder, removed afterwards; on a cluster of several
@@ -188,7 +191,7 @@ def scenic(
     elif n_runs > 1:
         if adj_matrix is not None:
             raise InputError("adj_matrix skips GRN inference; n_runs > 1 repeats it: give one or the other")
-        from .pipeline import multi_run_flashscenic
+        from .multi_run import multi_run_flashscenic
 
         result = multi_run_flashscenic(matrix, genes, **multi, **given)
         method = "multi_run"
@@ -299,12 +302,16 @@ def _on_engine(adata, layer, given: dict, multi: dict, n_workers, client, run_di
 
     if n_workers is not None and client is not None:
         raise InputError("give n_workers (an embedded cluster) or client (yours), not both")
-    params = Params(**given, grn_runs=multi["n_runs"], grn_cv_threshold=multi["cv_threshold"])
-    unavailable = [f"{k}={multi[k]!r}" for k, default in (("seeds", None), ("consensus", "mean"),
-                                                        ("min_recurrence", 0.5)) if multi[k] != default]
-    if unavailable:
-        raise InputError(f"{', '.join(unavailable)} are not available on the engine (its runs' seeds come from "
-                         "seed, its consensus is the mean network); drop n_workers/client to use them")
+    if multi["n_runs"] == 1:
+        _check_single_run(multi)
+    if multi["consensus"] not in ("mean", "recurrence"):
+        raise InputError(f"consensus must be 'mean' or 'recurrence', got {multi['consensus']!r}")
+    params = Params(**given, grn_runs=multi["n_runs"], grn_cv_threshold=multi["cv_threshold"],
+                    grn_aggregation="frequency" if multi["consensus"] == "recurrence" else "mean_adjacency",
+                    grn_frequency_threshold=multi["min_recurrence"])
+    if multi["seeds"] is not None:
+        raise InputError(f"seeds={multi['seeds']!r} is not available on the engine (its runs' seeds come from "
+                         "seed); drop n_workers/client to use them")
     if adj_matrix is not None and not isinstance(adj_matrix, pd.DataFrame):
         raise InputError("on the engine adj_matrix must be an adjacency table (TF, target, importance), not a matrix")
     starter = (functools.partial(start_executor, client=client, verbose=params.verbose) if client is not None

@@ -168,11 +168,12 @@ def infer_weights(expression, gene_names: Sequence[str], tf_names: Sequence[str]
 
 
 def announce_grn_time(n_genes: int, n_cells: int, params: Params, device=None, *,
-                      threads: int | None = None) -> float:
+                      threads: int | None = None, runs: int = 1) -> float:
     """Log the GRN's estimated time before it starts; on a CPU, warn when it exceeds an hour.
 
     ``n_genes``: the genes offered (the budget caps them); ``device``: where the GRN runs
-    (default ``params.device``); ``threads``: the CPU threads it gets (default torch's).
+    (default ``params.device``); ``threads``: the CPU threads it gets (default torch's);
+    ``runs``: GRN trainings one after another (a consensus's runs).
 
     The estimate is ``flashscenic.grn.estimate_grn_seconds`` (a measured per-step cost
     model); the warning names the gene budget, which is what brings a CPU run back to minutes.
@@ -182,14 +183,16 @@ def announce_grn_time(n_genes: int, n_cells: int, params: Params, device=None, *
 
     n_genes = min(n_genes, params.grn_max_genes or n_genes)
     where = resolve_device(params.device if device is None else device).type
-    seconds = estimate_grn_seconds(n_genes, params.grn_n_steps, where, threads=threads)
-    logger.info("GRN: %d genes x %d cells, %d steps on the %s: about %s (estimate)", n_genes, n_cells,
-                params.grn_n_steps, "GPU" if where == "cuda" else "CPU", _duration(seconds))
+    seconds = runs * estimate_grn_seconds(n_genes, params.grn_n_steps, where, threads=threads)
+    logger.info("GRN: %d genes x %d cells, %d steps%s on the %s: about %s (estimate)", n_genes, n_cells,
+                params.grn_n_steps, f" x {runs} runs" if runs > 1 else "", "GPU" if where == "cuda" else "CPU",
+                _duration(seconds))
     if where == "cpu" and seconds > 3600:
         hint = (f"lower the gene budget (--grn-max-genes / grn_max_genes, now {params.grn_max_genes})"
                 if params.grn_max_genes else "train on the most variable genes with --grn-max-genes N "
                 "(grn_max_genes=N; 2,000-3,000 genes take minutes to an hour)")
-        warnings.warn(f"RegDiffusion on {n_genes} genes for {params.grn_n_steps} steps on this CPU takes about "
+        warnings.warn(f"RegDiffusion on {n_genes} genes for {params.grn_n_steps} steps"
+                      f"{f' x {runs} runs' if runs > 1 else ''} on this CPU takes about "
                       f"{_duration(seconds)}: {hint}, or run on a GPU", UserWarning, stacklevel=3)
     return seconds
 

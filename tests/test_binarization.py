@@ -1,4 +1,5 @@
-"""AUC binarisation equals pySCENIC's binarize (thresholds and on/off matrix)."""
+"""AUC binarisation equals pySCENIC's binarize (thresholds and on/off matrix); upstream flashscenic's
+binarize_auc_matrix (a mixture's valley, or mean + 2 sd, per regulon) returns uint8 on/off."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 import torch
 
 from flashscenic.errors import InputError
-from flashscenic.binarization import N_NULL_SAMPLES, _NullDips, binarize_auc, derive_threshold, dip_statistic
+from flashscenic.binarization import (N_NULL_SAMPLES, _NullDips, binarize_auc, binarize_auc_matrix, derive_threshold,
+                                      dip_statistic)
 from pyscenic_oracle import numpy_global_random_state, pyscenic_binarize, pyscenic_dip
 
 
@@ -174,3 +176,52 @@ def test_errors(kwargs, message):
     args.update(kwargs)
     with pytest.raises(InputError, match=message):
         binarize_auc(args.pop("auc_matrix"), **args)
+
+
+# --------------------------------------------------------------------------- binarize_auc_matrix (upstream's rule)
+
+
+def test_binarize_auc_matrix_gmm_cuts_at_the_mixtures_density_minimum():
+    from sklearn.mixture import GaussianMixture
+
+    frame = random_case(1)  # unimodal, bimodal, all-zero, few-valued ... columns
+    binary = binarize_auc_matrix(frame, random_state=7)
+    assert binary.dtype == np.uint8 and binary.shape == frame.shape
+    for j, name in enumerate(frame.columns):
+        values = frame[name].to_numpy(dtype=np.float64)
+        if values.max() == values.min():
+            assert not binary[:, j].any()  # one value: off everywhere
+            continue
+        mixture = GaussianMixture(n_components=2, random_state=7).fit(values.reshape(-1, 1))
+        low, high = np.sort(mixture.means_.ravel())
+        grid = np.linspace(low, high, 100_001)  # the density from scikit-learn itself, on a much finer grid
+        valley = grid[np.argmin(mixture.score_samples(grid.reshape(-1, 1)))]
+        step = (high - low) / 1000  # binarize_auc_matrix's grid
+        sure = np.abs(values - valley) > step  # cells farther than a grid step from the valley
+        np.testing.assert_array_equal(binary[sure, j], (values[sure] > valley).astype(np.uint8))
+
+
+def test_binarize_auc_matrix_zscore_is_mean_plus_two_sd():
+    frame = random_case(2)
+    values = frame.to_numpy(dtype=np.float64)
+    expected = (values > values.mean(axis=0) + 2 * values.std(axis=0)).astype(np.uint8)
+    np.testing.assert_array_equal(binarize_auc_matrix(frame, method="zscore"), expected)
+
+
+def test_binarize_auc_matrix_takes_arrays_tensors_and_frames_and_is_seeded():
+    frame = random_case(3)
+    expected = binarize_auc_matrix(frame, random_state=1)
+    for data in (frame.to_numpy(), torch.from_numpy(frame.to_numpy().copy())):
+        np.testing.assert_array_equal(binarize_auc_matrix(data, random_state=1), expected)
+    bimodal = np.r_[np.full(30, 0.05), np.full(10, 0.4)] + np.random.default_rng(0).normal(0, 0.01, 40)
+    np.testing.assert_array_equal(binarize_auc_matrix(bimodal[:, None])[:, 0], np.r_[np.zeros(30), np.ones(10)])
+
+
+@pytest.mark.parametrize("call, message", [
+    pytest.param(lambda: binarize_auc_matrix(np.ones((4, 2)), method="otsu"), "method='otsu'", id="method"),
+    pytest.param(lambda: binarize_auc_matrix(np.ones(4)), "2-D", id="1-d"),
+    pytest.param(lambda: binarize_auc_matrix(np.full((3, 2), np.inf)), "NaN or infinite", id="inf"),
+])
+def test_binarize_auc_matrix_errors(call, message):
+    with pytest.raises(InputError, match=message):
+        call()

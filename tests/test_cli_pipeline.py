@@ -171,7 +171,7 @@ def finished_run(files, tmp_path_factory):
 
 def test_rss_from_results_and_from_csv(files, finished_run, tmp_path):
     from flashscenic.export import write_auc_csv
-    from flashscenic.rss import regulon_specificity_scores
+    from flashscenic.rss import rss_table
 
     results = open_results_store(finished_run / "results.zarr")
     assert main(["rss", str(results.path), "-o", str(tmp_path / "a.csv")]) == 0
@@ -180,7 +180,7 @@ def test_rss_from_results_and_from_csv(files, finished_run, tmp_path):
     write_auc_csv(auc, tmp_path / "auc.csv")
     assert main(["rss", str(tmp_path / "auc.csv"), "--cell-types", files["cell_types"], "-o", str(tmp_path / "b.csv")]) == 0
     from_csv = pd.read_csv(tmp_path / "b.csv", index_col=0, float_precision="round_trip")
-    expected = regulon_specificity_scores(auc, files["data"].cell_types)
+    expected = rss_table(auc, files["data"].cell_types)
     np.testing.assert_array_equal(from_store.to_numpy(), expected.to_numpy())
     np.testing.assert_allclose(from_csv.to_numpy(), expected.to_numpy(), rtol=1e-6)  # AUC went through text
     assert list(from_store.index) == list(expected.index)
@@ -219,7 +219,7 @@ def test_path_mistakes_are_one_line_errors(files, tmp_path, capsys):
 
 def test_rss_leaves_unlabelled_cells_out(files, finished_run, tmp_path):
     from flashscenic.export import write_auc_csv
-    from flashscenic.rss import regulon_specificity_scores
+    from flashscenic.rss import rss_table
 
     auc = open_results_store(finished_run / "results.zarr").read_auc(as_frame=True)
     write_auc_csv(auc, tmp_path / "auc.csv")
@@ -229,7 +229,7 @@ def test_rss_leaves_unlabelled_cells_out(files, finished_run, tmp_path):
     assert main(["rss", str(tmp_path / "auc.csv"), "--cell-types", str(tmp_path / "labels.csv"), "-o",
                  str(tmp_path / "r.csv")]) == 0
     got = pd.read_csv(tmp_path / "r.csv", index_col=0, float_precision="round_trip")
-    expected = regulon_specificity_scores(read_auc_csv(tmp_path / "auc.csv").iloc[100:], files["data"].cell_types[100:])
+    expected = rss_table(read_auc_csv(tmp_path / "auc.csv").iloc[100:], files["data"].cell_types[100:])
     np.testing.assert_array_equal(got.to_numpy(), expected.to_numpy())
 
 

@@ -14,6 +14,7 @@ import pytest
 from flashscenic.consensus import (
     WeightMoments,
     cv_filter,
+    frequency_consensus,
     recurrent_regulons,
     regulon_recurrence,
     run_seeds,
@@ -291,6 +292,57 @@ def test_recurrent_regulons_sorted_as_regulons_from_motifs():
     runs = [[_regulon("Z(-)", ["a"]), _regulon("Z(+)", ["b"]), _regulon("A(-)", ["c"]), _regulon("M(+)", ["d"])]]
     assert [r["name"] for r in recurrent_regulons(runs, 1.0)] == ["A(-)", "M(+)", "Z(+)", "Z(-)"]
     assert [r["type"] for r in recurrent_regulons(runs, 1.0)] == ["repressing", "activating", "activating", "repressing"]
+
+
+# Four runs: the threshold edges of upstream's frequency consensus (kept when freq >= t).
+FOUR = [
+    [_regulon("T(+)", ["T", "a", "b", "c", "d", "e", "f"]), _regulon("U(+)", ["U", "a", "b", "c", "d"])],
+    [_regulon("T(+)", ["a", "b", "c", "d", "e"]), _regulon("U(+)", ["a", "b", "c", "d"])],
+    [_regulon("T(+)", ["a", "b", "c", "d"])],
+    [_regulon("T(+)", ["a", "b", "c", "f"])],
+]
+
+
+def test_frequency_consensus_threshold_edges():
+    kept, scores = frequency_consensus(FOUR, 0.5, min_genes_filter=0)
+    # T: a, b, c in 4/4, d in 3/4, e and f in 2/4 = 0.5 (kept: at the threshold); U: a..d in 2/4
+    assert [(r["name"], r["genes"]) for r in kept] == [("T(+)", ["T", "a", "b", "c", "d", "e", "f"]),
+                                                      ("U(+)", ["U", "a", "b", "c", "d"])]
+    assert scores == {"T": pytest.approx((1 + 1 + 1 + 0.75 + 0.5 + 0.5) / 6), "U": 0.5}  # the TF not counted
+    kept, _ = frequency_consensus(FOUR, 0.51, min_genes_filter=0)  # just above 2/4: e, f and U go
+    assert [(r["name"], r["genes"]) for r in kept] == [("T(+)", ["T", "a", "b", "c", "d"])]
+    kept, scores = frequency_consensus(FOUR, 1.0, min_genes_filter=0)
+    assert [(r["name"], r["genes"]) for r in kept] == [("T(+)", ["T", "a", "b", "c"])] and scores == {"T": 1.0}
+
+
+def test_frequency_consensus_min_genes_filter_counts_targets_not_the_tf():
+    names = lambda kept: [r["name"] for r in kept]  # noqa: E731
+    assert names(frequency_consensus(FOUR, 0.5, min_genes_filter=4)[0]) == ["T(+)", "U(+)"]  # U: 4 targets + U
+    assert names(frequency_consensus(FOUR, 0.5, min_genes_filter=5)[0]) == ["T(+)"]  # upstream's default
+    assert names(frequency_consensus(FOUR, 0.5)[0]) == ["T(+)"]
+    assert names(frequency_consensus(FOUR, 0.5, min_genes_filter=6)[0]) == ["T(+)"]
+    assert frequency_consensus(FOUR, 0.5, min_genes_filter=7) == ([], {})  # an empty result, not an error
+    for bad in (-1, 1.5, True, "5"):
+        with pytest.raises(InputError, match="min_genes_filter must be an integer >= 0"):
+            frequency_consensus(FOUR, 0.5, min_genes_filter=bad)
+
+
+def test_frequency_consensus_is_recurrent_regulons_less_the_small_ones():
+    rng = np.random.default_rng(3)
+    pool = [f"g{i}" for i in range(30)]
+    runs = [[_regulon(f"T{t}(+)", [f"T{t}", *rng.choice(pool, int(rng.integers(1, 15)), replace=False)])
+             for t in range(6) if rng.random() < 0.8] for _ in range(5)]
+    for threshold in (0.2, 0.4, 0.6, 1.0):
+        for minimum in (0, 3, 8):
+            kept, scores = frequency_consensus(runs, threshold, minimum)
+            expected = [r for r in recurrent_regulons(runs, threshold) if len(r["genes"]) - (r["tf"] in r["genes"])
+                        >= minimum]
+            assert kept == expected and set(scores) == {r["tf"] for r in kept}
+            _, genes = regulon_recurrence(runs)
+            for r in kept:
+                targets = [genes[r["name"]][g] for g in r["genes"] if g != r["tf"]]
+                assert scores[r["tf"]] == (pytest.approx(np.mean(targets)) if targets else 0.0)
+                assert all(f >= threshold for f in targets)
 
 
 def test_recurrent_regulons_drop_a_regulon_left_without_genes(caplog):

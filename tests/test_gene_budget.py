@@ -65,6 +65,19 @@ def test_the_dispersion_rule_is_scanpys_seurat_flavour(seed):
     assert 30 not in ours and 31 not in ours  # constant genes are never chosen
 
 
+def test_constant_genes_are_never_chosen_whatever_the_rounding():
+    """A constant non-zero column's variance rounds to a tiny positive number, not 0; it is still
+    constant (and RegDiffusion would get inf for it)."""
+    rng = np.random.default_rng(5)
+    x = _random_log_counts(3, n_cells=997, n_genes=400).toarray()
+    x[:, 100:300] = rng.uniform(0.1, 5, 200)  # 200 constant columns, each its own value
+    for block in (x, sp.csr_matrix(x)):
+        dispersion = GeneDispersion(x.shape[1])
+        dispersion.add(block)
+        assert np.isnan(dispersion.normalized_dispersion()[100:300]).all()
+        assert not set(dispersion.most_variable(400)) & set(range(100, 300))
+
+
 def test_ties_go_to_the_earlier_gene_and_dense_equals_sparse():
     x = _random_log_counts(1)
     dense, sparse = GeneDispersion(x.shape[1]), GeneDispersion(x.shape[1])
@@ -92,6 +105,9 @@ def test_infer_grn_trains_on_the_budget_only():
     outside = np.setdiff1d(np.arange(x.shape[1]), chosen)
     assert result.weights.shape == (len(result.tf_names), x.shape[1])
     assert not result.weights[:, outside].any() and result.weights[:, chosen].any()
+    for bad in (1, -1, 1.5, True):
+        with pytest.raises(InputError, match="max_genes must be an integer >= 2 or None"):
+            infer_grn(x, genes, genes[:40], n_steps=5, max_genes=bad, device="cpu", seed=0, verbose=False)
     with pytest.raises(InputError, match="none of the 1 TFs is among the 50 most variable genes"):
         infer_grn(x, genes, [genes[outside[-1]]], n_steps=5, max_genes=50, device="cpu", seed=0, verbose=False)
 
@@ -132,28 +148,34 @@ def test_a_budgeted_run_records_its_genes_and_trains_on_them_only(sim):
 
 
 def test_the_budget_picks_the_same_genes_in_process(sim):
+    """run_flashscenic's GRN (infer_grn on the whole matrix) chooses the genes the store run chose."""
     data, params = sim["data"], sim["params"]
-    api = {n: getattr(params, n) for n in flashscenic.pipeline._API_PARAMS}
-    result = run_flashscenic(data.expression, data.gene_names, **{**api, "ranking_db_paths": list(api["ranking_db_paths"])})
-    assert result["parameters"]["grn_genes"] == sim["results"].parameters["grn_genes"]
-    assert result["parameters"]["grn_max_genes"] == BUDGET
+    result = infer_grn(data.expression, data.gene_names, data.tf_names, n_steps=2, max_genes=BUDGET, device="cpu",
+                       seed=params.seed, verbose=False)
+    assert result.trained_genes == sim["results"].parameters["grn_genes"]
 
 
-def test_the_budget_picks_the_same_genes_on_a_cluster(sim, tmp_path):
+def test_the_budget_picks_the_same_genes_on_a_cluster(sim):
+    """The coordinator chooses the genes; a GRN task on a worker trains on those only."""
     distributed = pytest.importorskip("distributed")
     from flashscenic.distributed import DaskExecutor
+    from flashscenic.stages import grn_genes, grn_task
 
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+    store, params = sim["store"], sim["params"].replace(grn_n_steps=3)
+    genes = grn_genes(store, params)
+    assert genes == sim["results"].parameters["grn_genes"]
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
                                        dashboard_address=None)
     executor = DaskExecutor(distributed.Client(cluster), cluster, verbose=False)
     try:
-        assert not executor.local_cpus  # the GRN trains on a worker
-        results = run_pipeline(sim["store"], tmp_path / "run", params=sim["params"], executor=executor,
-                               report=False)
+        assert not executor.local_cpus
+        [(weights, tf_rows)] = executor.map(grn_task, [(str(store.path), sim["data"].tf_names, params, "run", False,
+                                                       genes)], description="GRN", verbose=False)
     finally:
         executor.close()
-    assert results.parameters["grn_genes"] == sim["results"].parameters["grn_genes"]
-    assert [r["name"] for r in results.read_regulons()]  # it found regulons
+    chosen = np.isin(np.asarray(store.gene_names, dtype=str), genes)
+    assert set(tf_rows) <= set(genes) and weights.shape == (len(tf_rows), store.n_genes)
+    assert not weights[:, ~chosen].any() and weights[:, chosen].any()
 
 
 def test_aucell_of_a_budgeted_run_ranks_every_input_gene(sim):

@@ -15,7 +15,8 @@ from flashscenic.errors import InputError
 from flashscenic.params import CLI_DEFAULTS, Params
 
 # the store pipeline's own: run_flashscenic trains one GRN on the matrix it is given
-API_EXCLUDED = {"grn_max_cells", "grn_runs", "grn_cv_threshold"}
+API_EXCLUDED = {"grn_max_cells", "grn_runs", "grn_cv_threshold", "grn_aggregation", "grn_frequency_threshold",
+                "grn_min_genes_filter"}
 
 
 def test_run_flashscenic_signature_is_derived_from_params():

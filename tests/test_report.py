@@ -388,7 +388,7 @@ def test_the_runs_stored_rss_and_label_column_are_shown_by_default(tmp_path, mon
 
     from flashscenic import rss as rss_module
 
-    for name in ("regulon_specificity_scores", "rss_by_label", "rss_of_store"):
+    for name in ("regulon_specificity_scores", "rss_table", "rss_by_label", "rss_of_store"):
         monkeypatch.setattr(rss_module, name, lambda *a, **k: pytest.fail("the report recomputed the RSS the run stored"))
     for text in (write_report(store, tmp_path / "a.html", top_n=2).read_text(),
                  write_report(store, tmp_path / "b.html", top_n=2, cell_type_column="cluster").read_text()):
@@ -560,16 +560,50 @@ def test_pca_matches_scikit_learn():
     assert np.allclose(explained, reference.explained_variance_ratio_)
 
 
-def test_the_embedding_is_coloured_by_cell_type(tmp_path, drawn):
+def embedding_caption(text: str) -> str:
+    return re.search(r'<figure id="figure-embedding">.*?<figcaption>(.*?)</figcaption>', text, re.S).group(1)
+
+
+def test_the_embedding_is_a_umap_of_regulon_activity_coloured_by_cell_type(tmp_path, drawn):
+    """umap-learn is installed (the umap extra, in `make install` and the test extra): the report draws a UMAP."""
     store = make_store(tmp_path, motifs=False, timings=False)
     labels = np.repeat(TYPES, N_PER_TYPE).astype(object)
     labels[:4] = None
-    write_report(store, tmp_path / "r.html", cell_types=labels)
-    (coordinates, explained, groups), = [args for name, args, _ in drawn if name == "_embedding_figure"]
-    assert coordinates.shape == (90, 4) and explained[0] >= explained[1] >= explained[2] > 0
+    text = write_report(store, tmp_path / "r.html", cell_types=labels).read_text()
+    (coordinates, axes, groups), = [args for name, args, _ in drawn if name == "_embedding_figure"]
+    assert coordinates.shape == (90, 2) and list(axes) == ["UMAP1", "UMAP2"]
+    assert embedding_caption(text).startswith("UMAP of the regulon activity")
     assert [(name, int(mask.sum())) for name, mask in groups] == [("B cell", 26), ("Monocyte", 30), ("T cell", 30),
                                                                   ("no label", 4)]  # text labels: sorted
     assert np.array_equal(groups[2][1], np.repeat([False, True, False], N_PER_TYPE))
+    centres = np.array([coordinates[mask].mean(axis=0) for _, mask in groups[:3]])
+    within = max(np.linalg.norm(coordinates[mask] - centre, axis=1).mean() for (_, mask), centre in
+                 zip(groups[:3], centres))
+    assert min(np.linalg.norm(centres[a] - centres[b]) for a, b in ((0, 1), (0, 2), (1, 2))) > 2 * within
+
+
+def test_without_umap_learn_the_embedding_is_a_pca_and_says_so(tmp_path, drawn, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "umap", None)  # `import umap` raises ImportError
+    store = make_store(tmp_path, motifs=False, timings=False)
+    text = write_report(store, tmp_path / "r.html").read_text()
+    (coordinates, axes, _), = [args for name, args, _ in drawn if name == "_embedding_figure"]
+    assert coordinates.shape == (90, 4) and [a.split()[0] for a in axes] == ["PC1", "PC2", "PC3", "PC4"]
+    shares = [float(a.split("(")[1].rstrip("%)")) for a in axes]
+    assert shares == sorted(shares, reverse=True) and shares[1] > 0  # variance explained, in order
+    caption = embedding_caption(text)
+    assert caption.startswith("PCA, not UMAP: umap-learn is not installed (pip install flashscenic[umap]).")
+
+
+def test_too_few_cells_for_a_umap_give_a_pca(tmp_path, drawn, monkeypatch):
+    from flashscenic import report
+
+    monkeypatch.setattr(report, "_SAMPLE_CELLS", 12)
+    text = write_report(make_store(tmp_path, motifs=False, timings=False), tmp_path / "r.html").read_text()
+    (coordinates, axes, _), = [args for name, args, _ in drawn if name == "_embedding_figure"]
+    assert coordinates.shape == (12, 4) and axes[0].startswith("PC1")
+    assert embedding_caption(text).startswith("PCA, not UMAP: 12 cells are too few for a UMAP of 15 neighbours.")
 
 
 def _label_boxes(figure, axis_labels):
@@ -620,7 +654,7 @@ def test_the_embedding_legend_stays_legible_with_many_cell_types():
     codes = rng.integers(0, n_types, 2000)
     groups = [(f"a long cell type name {t}", codes == t) for t in range(n_types)]
     with report._style():
-        figure = report._embedding_figure(rng.normal(size=(2000, 4)), np.array([0.3, 0.2, 0.1, 0.05]), groups)
+        figure = report._embedding_figure(rng.normal(size=(2000, 4)), ["PC1", "PC2", "PC3", "PC4"], groups)
         figure.canvas.draw()
         texts = figure.legends[0].get_texts()
         assert len(texts) == n_types and min(t.get_fontsize() for t in texts) >= report._MIN_FONT

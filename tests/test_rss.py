@@ -1,4 +1,5 @@
-"""Regulon specificity scores equal pySCENIC's regulon_specificity_scores."""
+"""Regulon specificity scores equal pySCENIC's regulon_specificity_scores: as pySCENIC's DataFrame
+(``rss_table``) and as the documented dict (``regulon_specificity_scores``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from flashscenic.errors import InputError
-from flashscenic.rss import regulon_specificity_scores, rss_by_label
+from flashscenic.rss import regulon_specificity_scores, rss_by_label, rss_table
 from pyscenic_oracle import pyscenic_rss
 
 TOL = 1e-12
@@ -44,7 +45,7 @@ def test_equals_pyscenic_on_random_inputs(case, block_values, monkeypatch):
     if block_values is not None:
         monkeypatch.setattr(rss_module, "_BLOCK_VALUES", block_values)
     frame, labels = random_case(case)
-    got = quiet(regulon_specificity_scores, frame, labels)
+    got = quiet(rss_table, frame, labels)
     assert list(got.index) == sorted(set(labels))  # sorted; pySCENIC keeps order of appearance
     assert list(got.columns) == list(frame.columns)
     # We compute in float64; pySCENIC in the AUC's dtype (float32 rounding ~1e-7 there).
@@ -60,7 +61,7 @@ def test_specific_regulon_scores_one():
     auc = np.zeros((10, 2))
     auc[:5, 0] = 0.3  # on exactly in type a, uniformly
     auc[:, 1] = 0.2
-    got = regulon_specificity_scores(auc, labels)
+    got = rss_table(auc, labels)
     assert got.loc["a", 0] == pytest.approx(1.0, abs=1e-12)
     assert got.loc["b", 0] == pytest.approx(1 - np.sqrt(np.log(2)), abs=1e-12)  # disjoint: JS = log 2
     # uniform p against half the cells: JS = log 2 - (3/4) log(4/3) - (1/4) log(4) ... closed form
@@ -77,7 +78,7 @@ def test_all_zero_regulon_is_nan_with_one_warning_naming_it():
     if frame.shape[1] > 2:
         frame.iloc[:, 2] = 0.0
     with pytest.warns(RuntimeWarning, match=re.escape(str(frame.columns[0]))) as record:
-        got = regulon_specificity_scores(frame, labels)
+        got = rss_table(frame, labels)
     assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
     zero = (frame.to_numpy() == 0).all(axis=0)
     assert got.loc[:, zero].isna().all().all()
@@ -95,10 +96,10 @@ def test_all_zero_regulon_is_nan_with_one_warning_naming_it():
 )
 def test_array_inputs_and_regulon_names(convert):
     frame, labels = random_case(4)
-    expected = quiet(regulon_specificity_scores, frame, labels)
-    got = quiet(regulon_specificity_scores, convert(frame), labels.to_numpy(), regulon_names=list(frame.columns))
+    expected = quiet(rss_table, frame, labels)
+    got = quiet(rss_table, convert(frame), labels.to_numpy(), regulon_names=list(frame.columns))
     pd.testing.assert_frame_equal(got, expected)
-    unnamed = quiet(regulon_specificity_scores, convert(frame), list(labels))
+    unnamed = quiet(rss_table, convert(frame), list(labels))
     assert list(unnamed.columns) == list(range(frame.shape[1]))
     np.testing.assert_array_equal(unnamed.to_numpy(), expected.to_numpy())
 
@@ -106,12 +107,27 @@ def test_array_inputs_and_regulon_names(convert):
 def test_labels_are_matched_to_cells_by_index():
     frame, labels = random_case(5)
     shuffled = labels.sample(frac=1.0, random_state=0)
-    got = quiet(regulon_specificity_scores, frame, shuffled)
-    pd.testing.assert_frame_equal(got, quiet(regulon_specificity_scores, frame, labels))
+    got = quiet(rss_table, frame, shuffled)
+    pd.testing.assert_frame_equal(got, quiet(rss_table, frame, labels))
     positional = pd.Series(labels.to_numpy())  # RangeIndex: by position
-    pd.testing.assert_frame_equal(quiet(regulon_specificity_scores, frame, positional), got)
+    pd.testing.assert_frame_equal(quiet(rss_table, frame, positional), got)
     categorical = pd.Series(pd.Categorical(labels), index=labels.index)
-    pd.testing.assert_frame_equal(quiet(regulon_specificity_scores, frame, categorical), got)
+    pd.testing.assert_frame_equal(quiet(rss_table, frame, categorical), got)
+
+
+def test_the_documented_form_is_a_dict_of_the_table():
+    """flashscenic's documented return: {'rss': array, 'cell_types': sorted labels, 'regulon_names'}."""
+    frame, labels = random_case(4)
+    table = quiet(rss_table, frame, labels)
+    got = quiet(regulon_specificity_scores, frame.to_numpy(), labels.to_numpy(), regulon_names=list(frame.columns))
+    assert isinstance(got, dict) and set(got) == {"rss", "cell_types", "regulon_names"}
+    assert isinstance(got["rss"], np.ndarray) and got["rss"].shape == (len(set(labels)), frame.shape[1])
+    np.testing.assert_array_equal(got["rss"], table.to_numpy())
+    assert got["cell_types"] == sorted(set(labels)) and got["regulon_names"] == list(frame.columns)
+    numbers = np.resize([7, 10, 9], len(frame))
+    unnamed = quiet(regulon_specificity_scores, frame.to_numpy(), numbers)
+    assert unnamed["regulon_names"] == [str(j) for j in range(frame.shape[1])]  # text, as documented
+    assert unnamed["cell_types"] == ["7", "9", "10"]  # sorted as labels, given as text
 
 
 @pytest.mark.parametrize(
@@ -126,9 +142,10 @@ def test_labels_are_matched_to_cells_by_index():
         pytest.param(np.ones((3, 2)), "abc", "one string", id="string"),
     ],
 )
-def test_errors(auc, labels, message):
+@pytest.mark.parametrize("form", [rss_table, regulon_specificity_scores], ids=["table", "dict"])
+def test_errors(auc, labels, message, form):
     with pytest.raises(InputError, match=message):
-        regulon_specificity_scores(auc, labels)
+        form(auc, labels)
 
 
 def test_error_for_labels_of_other_cells():
@@ -136,9 +153,9 @@ def test_error_for_labels_of_other_cells():
     other = labels.copy()
     other.index = [f"other{i}" for i in range(len(labels))]
     with pytest.raises(InputError, match="does not match"):
-        regulon_specificity_scores(frame, other)
+        rss_table(frame, other)
     with pytest.raises(InputError, match="regulon_names"):
-        regulon_specificity_scores(frame.to_numpy(), labels.to_numpy(), regulon_names=["a"])
+        rss_table(frame.to_numpy(), labels.to_numpy(), regulon_names=["a"])
 
 
 def test_rss_by_label_leaves_out_cells_without_a_label_and_compares_labels_as_text():
@@ -149,7 +166,7 @@ def test_rss_by_label_leaves_out_cells_without_a_label_and_compares_labels_as_te
     shuffled = labels.sample(frac=1.0, random_state=1)  # aligned by index
     got = quiet(rss_by_label, frame, shuffled)
     kept = labels.notna()
-    expected = quiet(regulon_specificity_scores, frame[kept], labels[kept].astype(str))
+    expected = quiet(rss_table, frame[kept], labels[kept].astype(str))
     pd.testing.assert_frame_equal(got, expected.rename_axis("cell_type"))
     assert got.index.name == "cell_type" and list(got.columns) == list(frame.columns)
 
@@ -157,7 +174,7 @@ def test_rss_by_label_leaves_out_cells_without_a_label_and_compares_labels_as_te
     by_text = quiet(rss_by_label, frame, mixed)  # 1 and "1" are one cell type
     kept = mixed.notna()
     assert list(by_text.index) == ["1", "b"] and by_text.index.name == "k"
-    pd.testing.assert_frame_equal(by_text, quiet(regulon_specificity_scores, frame[kept], mixed[kept].astype(str))
+    pd.testing.assert_frame_equal(by_text, quiet(rss_table, frame[kept], mixed[kept].astype(str))
                                   .rename_axis("k"))
     positional = quiet(rss_by_label, frame, labels.reset_index(drop=True))  # a RangeIndex: by position
     pd.testing.assert_frame_equal(positional, got)

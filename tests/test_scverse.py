@@ -63,9 +63,11 @@ def test_scenic_takes_every_run_flashscenic_parameter_with_its_default_and_doc()
     fields = [f for f in dataclasses.fields(Params) if f.name not in STORE_PIPELINE_ONLY]
     assert [f.name for f in fields] == shared[:-1]  # all of Params' run_flashscenic fields, then adj_matrix
     multi = inspect.signature(flashscenic.multi_run_flashscenic).parameters
-    for name, default in [("n_runs", 5), ("cv_threshold", None), ("seeds", None), ("consensus", "mean"),
+    # scenic's consensus parameters are multi_run_flashscenic's (our first names of its aggregation), with
+    # scenic's own defaults: one run, and the mean network when n_runs > 1
+    for name, default in [("n_runs", 1), ("cv_threshold", None), ("seeds", None), ("consensus", "mean"),
                           ("min_recurrence", 0.5)]:
-        assert name in ours and multi[name].default == default
+        assert name in multi and ours[name].default == default
     assert ours["n_runs"].default == 1  # one GRN run unless asked, as run_flashscenic
     doc = inspect.getdoc(scenic)
     for field in fields:  # the docstring's entry is the field's help, word for word
@@ -163,7 +165,8 @@ def multi_run(sim):
     """Two GRN runs' arguments and multi_run_flashscenic's result for them (shared: a few seconds)."""
     data, resources = sim
     run = dict(**resources, grn_n_steps=STEPS, n_runs=2, cv_threshold=5.0, **RUN)
-    return run, flashscenic.multi_run_flashscenic(data.expression, data.gene_names, **run)
+    return run, flashscenic.multi_run_flashscenic(data.expression, data.gene_names, **run,
+                                                  aggregation_method="mean_adjacency")  # scenic's consensus="mean"
 
 
 def test_multi_run_equals_multi_run_flashscenic_bit_for_bit(sim, multi_run):
@@ -240,7 +243,9 @@ def test_a_view_is_refused_unless_copied(sim):
     (lambda a, r: scenic(a, n_runs=0, **r), "n_runs must be an integer >= 1"),
     (lambda a, r: scenic(a, run_dir="x", **r), "run_dir is the engine's run folder"),
     (lambda a, r: scenic(a, n_workers=0, client=object(), **r), "give n_workers .* or client .*, not both"),
-    (lambda a, r: scenic(a, n_workers=0, consensus="recurrence", **r), "not available on the engine"),
+    (lambda a, r: scenic(a, n_workers=0, consensus="recurrence", **r), "consensus='recurrence' apply to a "
+                                                                          "consensus of GRN runs"),
+    (lambda a, r: scenic(a, n_workers=0, n_runs=2, seeds=[1, 2], **r), "not available on the engine"),
     (lambda a, r: scenic(a, aucell_auc_threshold=1.0, **r), "aucell_auc_threshold must be a number in"),
     (lambda a, r: scenic(a, regulons=pd.DataFrame({"source": ["A"], "target": ["B"]}), grn_n_steps=3,
                          **{k: v for k, v in r.items() if k.endswith("path") or k == "device"}),

@@ -454,6 +454,11 @@ class ResultsStore:
     def grn_run_seeds(self) -> list[int]:
         return list(zarr.open_array(self.path / "grn_runs", mode="r").attrs["seeds"])
 
+    @property
+    def grn_run_tf_names(self) -> list[str]:
+        """The rows (TFs) of every GRN run's weights."""
+        return list(zarr.open_array(self.path / "grn_runs", mode="r").attrs["rows"])
+
     # AUC -----------------------------------------------------------------------------
 
     def init_auc(self, regulon_names: Sequence[str], overwrite: bool = False, chunk_rows: int | None = None) -> None:
