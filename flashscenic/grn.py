@@ -122,10 +122,9 @@ def infer_grn(expression, gene_names, tf_names, *, n_steps: int = 1000, sparsity
     if not np.isfinite(values).all():  # a NaN column is not "constant": RegDiffusion would get inf
         raise InputError(f"the expression holds {int((~np.isfinite(values)).sum())} NaN or infinite value(s); "
                          "remove or impute them before GRN inference")
-    varying = _varying_genes(sample)
     chosen = None
     if max_genes is not None and max_genes < n_genes:  # the store path's rule (stages.grn_genes)
-        dispersion = GeneDispersion(n_genes)
+        dispersion = GeneDispersion(n_genes)  # it never chooses a constant gene
         dispersion.add(sample)
         chosen = dispersion.most_variable(max_genes)
         varying = np.zeros(n_genes, dtype=bool)
@@ -134,6 +133,8 @@ def infer_grn(expression, gene_names, tf_names, *, n_steps: int = 1000, sparsity
         if not tf_columns:
             raise InputError(f"none of the {len(wanted)} TFs is among the {max_genes} most variable genes: raise "
                              "the gene budget (grn_max_genes, --grn-max-genes)")
+    else:
+        varying = _varying_genes(sample)
     if varying.sum() < 2:
         raise InputError("fewer than 2 genes vary across the cells: nothing to infer")
     if not varying[tf_columns].any():
@@ -222,19 +223,13 @@ class GeneDispersion:
             values = np.expm1(block.data, dtype=np.float64)
             self.total += np.bincount(block.indices, weights=values, minlength=n_genes)
             self.squares += np.bincount(block.indices, weights=values * values, minlength=n_genes)
-            np.minimum.at(self.low, block.indices, block.data)
-            np.maximum.at(self.high, block.indices, block.data)
-            implicit_zero = np.bincount(block.indices, minlength=n_genes) < block.shape[0]
-            self.low[implicit_zero] = np.minimum(self.low[implicit_zero], 0.0)
-            self.high[implicit_zero] = np.maximum(self.high[implicit_zero], 0.0)
         else:
             block = np.asarray(block)
             values = np.expm1(block, dtype=np.float64)
             self.total += values.sum(axis=0)
             self.squares += np.square(values).sum(axis=0)
-            if block.shape[0]:
-                self.low = np.minimum(self.low, block.min(axis=0))
-                self.high = np.maximum(self.high, block.max(axis=0))
+        low, high = _gene_range(block)
+        self.low, self.high = np.minimum(self.low, low), np.maximum(self.high, high)
         self.n_cells += block.shape[0]
 
     def normalized_dispersion(self) -> np.ndarray:
@@ -296,22 +291,31 @@ def estimate_grn_seconds(n_genes: int, n_steps: int, device: str, *, threads: in
 
 
 def _varying_genes(sample) -> np.ndarray:
-    if sp.issparse(sample):  # from the stored values: no column-major copy of the matrix
-        sample = sample.tocsr()
-        if not sample.has_canonical_format:  # a value stored twice is their sum
-            sample = sample.copy()
-            sample.sum_duplicates()
-        n_genes = sample.shape[1]
-        high = np.full(n_genes, -np.inf, dtype=np.float64)
-        low = np.full(n_genes, np.inf, dtype=np.float64)
-        np.maximum.at(high, sample.indices, sample.data)
-        np.minimum.at(low, sample.indices, sample.data)
-        implicit_zero = np.bincount(sample.indices, minlength=n_genes) < sample.shape[0]
-        high = np.where(implicit_zero, np.maximum(high, 0.0), high)
-        low = np.where(implicit_zero, np.minimum(low, 0.0), low)
-    else:
-        low, high = sample.min(axis=0), sample.max(axis=0)
+    low, high = _gene_range(sample)
     return high > low
+
+
+def _gene_range(block) -> tuple[np.ndarray, np.ndarray]:
+    """Each gene's smallest and largest value over the rows of ``block`` (CSR or dense).
+
+    CSR from the stored values, without a column-major copy; a gene with fewer stored values
+    than rows also holds a 0, and a value stored twice is their sum."""
+    if not sp.issparse(block):
+        block = np.asarray(block)
+        if not block.shape[0]:
+            return np.full(block.shape[1], np.inf), np.full(block.shape[1], -np.inf)
+        return block.min(axis=0), block.max(axis=0)
+    block = block.tocsr()
+    if not block.has_canonical_format:
+        block = block.copy()
+        block.sum_duplicates()
+    n_genes = block.shape[1]
+    high = np.full(n_genes, -np.inf, dtype=np.float64)
+    low = np.full(n_genes, np.inf, dtype=np.float64)
+    np.maximum.at(high, block.indices, block.data)
+    np.minimum.at(low, block.indices, block.data)
+    implicit_zero = np.bincount(block.indices, minlength=n_genes) < block.shape[0]
+    return np.where(implicit_zero, np.minimum(low, 0.0), low), np.where(implicit_zero, np.maximum(high, 0.0), high)
 
 
 def _train(trainer, verbose: bool) -> None:

@@ -759,7 +759,7 @@ def _frequency_regulons(runs: list[list[dict]], params: Params, results):
     import pandas as pd
 
     from .consensus import frequency_consensus
-    from .regulons import MOTIF_COLUMNS
+    from .regulons import motif_frame
 
     regulons, scores = frequency_consensus(runs, params.grn_frequency_threshold, params.grn_min_genes_filter)
     if not regulons:
@@ -767,11 +767,7 @@ def _frequency_regulons(runs: list[list[dict]], params: Params, results):
                          f"{params.grn_frequency_threshold:g} of the {len(runs)} GRN runs; lower "
                          "--grn-frequency-threshold or --grn-min-genes-filter, or use --grn-aggregation mean_adjacency")
     results.write_table("tf_frequency_scores", pd.DataFrame({"tf": list(scores), "score": list(scores.values())}))
-    empty = pd.DataFrame({c: pd.Series(dtype=object) for c in MOTIF_COLUMNS})
-    for name in ("AUC", "NES", "MotifSimilarityQvalue", "OrthologousIdentity"):
-        empty[name] = pd.Series(dtype=np.float64)
-    empty["RankAtMax"] = pd.Series(dtype=np.int64)
-    return empty, regulons
+    return motif_frame(), regulons
 
 
 def _with_recurrence(results, regulons: list[dict], runs: list[list[dict]]) -> list[dict]:

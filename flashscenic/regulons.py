@@ -302,15 +302,21 @@ def _parse_motifs_csv(reader, path: str) -> pd.DataFrame:
         data["Database"].append(database)
         data["TargetGenes"].append(_parse_targets(field["TargetGenes"], f"{path}, line {line}, column TargetGenes"))
 
-    table = pd.DataFrame(
+    return motif_frame(data)
+
+
+def motif_frame(columns: dict[str, list] | None = None) -> pd.DataFrame:
+    """A motif table from its columns' values (``MOTIF_COLUMNS``), typed as the module
+    docstring says: float64 scores, int64 ``RankAtMax``, the rest objects. None: an empty table."""
+    columns = columns or {name: [] for name in MOTIF_COLUMNS}
+    return pd.DataFrame(
         {
-            name: pd.Series(data[name], dtype=np.int64 if name == "RankAtMax" else np.float64)
+            name: pd.Series(columns[name], dtype=np.int64 if name == "RankAtMax" else np.float64)
             if name in ("AUC", "NES", "MotifSimilarityQvalue", "OrthologousIdentity", "RankAtMax")
-            else pd.Series(data[name], dtype=object)
+            else pd.Series(columns[name], dtype=object)
             for name in MOTIF_COLUMNS
         }
     )
-    return table
 
 
 def _parse_float(text: str, path: str, line: int, name: str) -> float:
