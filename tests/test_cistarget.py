@@ -620,6 +620,67 @@ def test_every_rankings_layout_and_type_gives_the_same_result(seed):
                 assert_same_result(got, expected, exact=True)
 
 
+@pytest.mark.parametrize("seed", range(40, 44))
+def test_a_tensor_called_again_is_read_from_a_gene_major_copy_that_follows_its_changes(seed):
+    """The second call on the same motif-major tensor makes a gene-major copy and later calls
+    read it; every result equals a call on a numpy array (never cached), also after an
+    in-place torch change, after the memory is refilled through numpy, and the copy goes
+    with its tensor. A new tensor object every call never makes one."""
+    import gc
+
+    from flashscenic.cistarget import _gene_major_copy
+
+    ranks, module, weights, rank_threshold, auc_threshold = single_module_case(seed)
+    rng = np.random.default_rng(seed)
+
+    def expected(matrix, w):
+        return prune_single_module(np.array(matrix), module, rank_threshold, auc_threshold, 2.0, w)
+
+    def copied() -> bool:
+        entry = _gene_major_copy._entry
+        return entry is not None and entry[2] is not None
+
+    for _ in range(3):
+        prune_single_module(torch.from_numpy(ranks), module, rank_threshold, auc_threshold, 2.0)
+    assert not copied(), "a new tensor every call must not pay for a copy"
+    with torch.inference_mode():  # no version counter to follow: never copied
+        frozen = torch.tensor(ranks)
+    assert frozen.is_inference()
+    for w in (None, weights, None):
+        got = prune_single_module(frozen, module, rank_threshold, auc_threshold, 2.0, w)
+        assert_same_result(got, expected(ranks, w), exact=True)
+    assert not copied()
+
+    tensor = torch.from_numpy(ranks.copy())
+    for call, w in enumerate((None, weights, None, weights)):
+        got = prune_single_module(tensor, module, rank_threshold, auc_threshold, 2.0, w)
+        assert_same_result(got, expected(ranks, w), exact=True)
+        assert copied() == (call > 0)
+    assert _gene_major_copy._entry[0]() is tensor
+
+    tensor[int(rng.integers(len(tensor)))] = torch.from_numpy(rng.permutation(ranks.shape[1]).astype(ranks.dtype))
+    for w in (None, weights):  # a torch in-place change bumps the version: read afresh, then copied again
+        got = prune_single_module(tensor, module, rank_threshold, auc_threshold, 2.0, w)
+        assert_same_result(got, expected(tensor.numpy(), w), exact=True)
+    assert copied()
+
+    swapped = torch.from_numpy(random_database(rng, *ranks.shape, []))
+    tensor.data = swapped  # the same object and version over other memory
+    for w in (None, weights, None):
+        got = prune_single_module(tensor, module, rank_threshold, auc_threshold, 2.0, w)
+        assert_same_result(got, expected(swapped.numpy(), w), exact=True)
+
+    other = random_database(rng, *ranks.shape, [])
+    tensor.numpy()[:] = other  # torch does not see this: the sampled entries do
+    for w in (None, weights, None):
+        got = prune_single_module(tensor, module, rank_threshold, auc_threshold, 2.0, w)
+        assert_same_result(got, expected(other, w), exact=True)
+
+    del tensor
+    gc.collect()
+    assert _gene_major_copy._entry is None
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("seed", range(30, 33))
@@ -637,26 +698,28 @@ def test_gpu_route_equals_the_cpu_route(seed):
         np.testing.assert_allclose(aucs.cpu().numpy(), expected_aucs.numpy(), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_increments_in_one_pass_equal_two_passes(seed, monkeypatch):
-    """Counts and odd sums packed in one float64 bincount equal two separate bincounts (the
-    route taken where the packed sums could pass 2**53)."""
+@pytest.mark.parametrize("seed", range(8))
+def test_increments_equal_two_bincounts(seed):
+    """The compiled one-pass counts equal numpy's bincounts of the counted ranks, unweighted
+    and weighted by 2k + 1 (k: the row), for int16, int32 and int64 blocks."""
     import flashscenic.cistarget as cistarget
 
     rng = np.random.default_rng(seed)
     n_genes, size = int(rng.integers(100, 4000)), int(rng.integers(1, 80))
     block = np.sort(np.stack([rng.choice(n_genes, size=size, replace=False)
-                              for _ in range(int(rng.integers(1, 300)))], axis=1), axis=0).astype(np.int16)
+                              for _ in range(int(rng.integers(1, 300)))], axis=1), axis=0)
     rank_threshold = int(rng.integers(1, n_genes))
-    packed = cistarget._increments_np(block, rank_threshold)
-    monkeypatch.setattr(cistarget, "_FLOAT64_EXACT", 1.0)
-    separate = cistarget._increments_np(block, rank_threshold)
-    for a, b in zip(packed, separate):
-        assert a.dtype == b.dtype == np.int64
-        np.testing.assert_array_equal(a, b)
-    expected = (block < rank_threshold).sum(axis=0)  # gains per motif, from the counts by rank
-    assert packed[0].sum() == expected.sum()
-    assert packed[1].sum() == (expected**2).sum()  # rcc**2 at the last rank is the sum of (2k - 1)
+    counted = block < rank_threshold
+    odd = np.broadcast_to(2 * np.arange(size)[:, None] + 1, block.shape)
+    expected = (np.bincount(block[counted], minlength=rank_threshold),
+                np.bincount(block[counted], weights=odd[counted], minlength=rank_threshold).astype(np.int64))
+    for dtype in (np.int16, np.int32, np.int64):
+        got = cistarget._increments_np(block.astype(dtype), rank_threshold)
+        for a, b in zip(got, expected):
+            assert a.dtype == np.int64 and a.shape == (rank_threshold,)
+            np.testing.assert_array_equal(a, b)
+    gains = counted.sum(axis=0)  # gains per motif
+    assert got[0].sum() == gains.sum() and got[1].sum() == (gains**2).sum()  # rcc**2 at the last rank
 
 
 def test_pruner_prune_and_prune_batch_equal_prune_single_module(tmp_path):
