@@ -10,6 +10,7 @@ result cannot depend on the executor.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Sequence
 from typing import ContextManager, Protocol, runtime_checkable
 
@@ -38,6 +39,21 @@ class Executor(Protocol):
 
     def close(self) -> None:
         """Release what the executor started (never a client or cluster it was given)."""
+
+
+def is_executor(value) -> bool:
+    """Whether ``value`` has the ``Executor`` members, looked up without reading them:
+    ``isinstance(value, Executor)`` reads every one on Python 3.11, and a starting
+    cluster's ``name`` and ``slots`` wait for its workers."""
+    members = ("name", "remote", "slots", "share", "map", "stage", "close")
+    if isinstance(value, type):
+        return False
+    if hasattr(type(value), "__getattr__"):  # a proxy: its members exist only when asked for
+        return all(hasattr(value, m) for m in members)
+    return all(inspect.getattr_static(value, m, _ABSENT) is not _ABSENT for m in members)
+
+
+_ABSENT = object()
 
 
 class InProcessExecutor:

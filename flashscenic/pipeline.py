@@ -407,9 +407,9 @@ def run_pipeline(
 
 def _executor_starter(executor):
     """A function that starts the executor after the checks, or None when ``executor`` is one already."""
-    from .executors import Executor
+    from .executors import is_executor
 
-    if executor is None or isinstance(executor, Executor) and not isinstance(executor, type):
+    if executor is None or is_executor(executor):
         return None
     if type(executor).__name__ == "Client" and hasattr(executor, "scheduler_info"):  # a distributed.Client
         from .distributed import start_executor
@@ -661,13 +661,13 @@ def _stages(results, store, tf_names, params: Params, resources: Resources, adja
         regulons = results.read_regulons()
     else:
         frequency = params.grn_runs > 1 and params.grn_aggregation == "frequency"
-        shards = n_prune_shards or executor.slots
         if not frequency:  # the frequency consensus builds modules per run, not of the mean network
             with timer("modules"):  # small and deterministic: recomputed on resume, not stored
                 modules = make_modules(weights, tf_rows, gene_names, params,
                                        device=coordinator_device(executor, params))
             _mark(results, timer, "modules", n_modules=len(modules))
         with timer("pruning"), executor.stage("pruning"):
+            shards = n_prune_shards or executor.slots  # here: a starting cluster's slots wait for it
             runs = _run_regulons(results, gene_names, params, resources, executor, shards) if params.grn_runs > 1 \
                 else None
             if frequency:
@@ -713,7 +713,8 @@ def _budget_genes(results, store, tf_names, params: Params, executor) -> list[st
             raise InputError(f"none of the {len(set(tf_names))} TFs is among the {len(genes)} most variable genes: "
                              "raise the gene budget (grn_max_genes, --grn-max-genes)")
         results.update_parameters(grn_genes=genes)
-    on_gpu = getattr(executor, "has_gpu", False)
+    # CPU workers of this machine have no GPU: asking would wait for the cluster's start
+    on_gpu = not getattr(executor, "local_cpus", False) and getattr(executor, "has_gpu", False)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     # GRN runs of a consensus share the cores (CPU) or take one GPU each
     rounds = -(-params.grn_runs // max(1, executor.slots)) if on_gpu else params.grn_runs

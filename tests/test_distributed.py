@@ -218,28 +218,41 @@ def test_distributed_equals_in_process(case, tmp_path, n_workers, chunks):
 
 def test_the_embedded_cluster_starts_behind_the_run_and_a_lone_grn_runs_in_this_process(case, tmp_path,
                                                                                           monkeypatch):
-    """The embedded CPU cluster starts in the background (the run ingests and trains meanwhile),
-    its single GRN task runs in the coordinator, every other stage on the workers, and the
-    result is the in-process run's, bit for bit."""
+    """The embedded CPU cluster starts in the background (the run ingests and trains meanwhile:
+    the GRN starts while the workers are still being set up, whatever its gene budget), its
+    single GRN task runs in the coordinator, every other stage on the workers, and the result
+    is the in-process run's, bit for bit."""
     import flashscenic.pipeline as pipeline
 
-    ran_here = []
+    ran_here, start_done_at_grn, executors = [], [], []
+    gate = threading.Event()  # the workers' set-up waits for the GRN to begin (at most a minute)
+    set_up = engine._set_up_workers
+
+    def held_set_up(client):
+        gate.wait(60)
+        set_up(client)
 
     def grn_here(*args):
         ran_here.append(os.getpid())
+        if executors:
+            start_done_at_grn.append(executors[0]._starting is None or executors[0]._starting.done())
+        gate.set()
         return grn_task(*args)
 
     monkeypatch.setattr(pipeline, "grn_task", grn_here)  # a worker would run the real one, unpatched
+    monkeypatch.setattr(engine, "_set_up_workers", held_set_up)
     params = case["params"].replace(grn_n_steps=3)
     reference = run_pipeline(case["stores"]["csr"], tmp_path / "in-process", resources=case["resources"],
                              params=params, executor=InProcessExecutor())
     assert ran_here == [os.getpid()]
     executor = start_executor(n_workers=2, dashboard_address=None, verbose=False)
+    executors.append(executor)
     assert executor.local_cpus and executor._starting is not None  # returned before the workers are up
     try:
         results = run_pipeline(case["stores"]["csr"], tmp_path / "embedded", resources=case["resources"],
                                params=params, executor=executor)
         assert ran_here == [os.getpid()] * 2
+        assert start_done_at_grn == [False], "the GRN waited for the cluster's start"
         assert executor.n_workers == 2 and results.chunk_rows == executor.plan_chunk_cells(N_CELLS, N_GENES, 128)
         _assert_same(results, _outputs(reference))
         # A consensus's GRN runs are tasks of their own: they go to the workers.
