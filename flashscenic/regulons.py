@@ -357,13 +357,15 @@ def _parse_context(text: str, where: str) -> tuple[frozenset, str]:
 _SIMPLE_TUPLE = r"\('([^'\\\n]*)', ([-+0-9.eEinfa]+)\)"
 _SIMPLE_TARGETS = re.compile(rf"\[(?:{_SIMPLE_TUPLE}(?:, {_SIMPLE_TUPLE})*)?\]")
 _TUPLE = re.compile(_SIMPLE_TUPLE)
+_NUMPY_SCALAR = re.compile(r"np\.float(?:16|32|64)\(([^()]*)\)")  # pySCENIC under numpy 2 writes np.float64(2.5)
 
 
 def _parse_targets(text: str, where: str) -> list[tuple[str, float]]:
     """``[('Gene', 0.5), ...]`` -> list of (str, float), never evaluating code.
 
     The common form (single-quoted names without escapes, plain numbers) is parsed with a
-    regular expression, about 10x faster than ``ast.literal_eval``, which handles the rest.
+    regular expression, about 10x faster than ``ast.literal_eval``, which handles the rest,
+    weights written as numpy 2 prints them (``np.float64(2.5)``) included.
     """
     if _SIMPLE_TARGETS.fullmatch(text):
         try:
@@ -374,7 +376,7 @@ def _parse_targets(text: str, where: str) -> list[tuple[str, float]]:
             _check_targets(targets, where)
             return targets
     try:
-        value = ast.literal_eval(text)
+        value = ast.literal_eval(_NUMPY_SCALAR.sub(r"\1", text))
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         raise InputError(f"{where}: {text[:80]!r} is not a list of (gene, weight) tuples") from None
     if isinstance(value, (list, tuple)):

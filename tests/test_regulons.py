@@ -262,6 +262,19 @@ def test_reads_minimal_file_and_slow_path_names(tmp_path):
     assert table.loc[0, "MotifSimilarityQvalue"] == 0.0
 
 
+def test_reads_weights_written_by_pyscenic_under_numpy_2(tmp_path):
+    """pySCENIC run with numpy 2 writes its weights as numpy prints scalars; nothing else
+    that looks like a call is accepted (the malformed cases above)."""
+    path = tmp_path / "reg.csv"
+    path.write_text(HEADER + GOOD_ROW.replace("[('Sox2', 1.0), ('G1', 0.5)]",
+                                              "[('Sox2', np.float64(1.0)), ('G1', np.float64(5e-01))]"),
+                    encoding="utf-8")
+    assert read_motifs_csv(path).loc[0, "TargetGenes"] == [("Sox2", 1.0), ("G1", 0.5)]
+    path.write_text(HEADER + GOOD_ROW.replace("('G1', 0.5)", "('G1', np.float64(__import__('os')))"), encoding="utf-8")
+    with pytest.raises(InputError, match="line 4, column TargetGenes"):
+        read_motifs_csv(path)
+
+
 def test_not_gzip(tmp_path):
     path = tmp_path / "reg.csv.gz"
     path.write_text(HEADER + GOOD_ROW)
