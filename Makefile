@@ -41,9 +41,19 @@ $(RUST)/.installed:
 	$(RUST)/bin/python -m pip install -q rustscenic==0.5.1 numpy scipy anndata pandas
 	touch $@
 
-bench: install $(REF)/.installed $(RUST)/.installed
-	$(BIN)/python benchmarks/aucell.py --ref-python $(REF)/bin/python --rustscenic-python $(RUST)/bin/python --out BENCHMARKS.md
+# scenic-rs, the Rust port of the whole pipeline (AUCell and ctx rows), in its own venv too.
+SCENIC_RS := .venv-scenic-rs
+$(SCENIC_RS)/.installed:
+	test -x $(SCENIC_RS)/bin/python || $(PYTHON) -m venv $(SCENIC_RS)
+	$(SCENIC_RS)/bin/python -m pip install -q scenic-rs==0.3.0 numpy scipy pandas
+	touch $@
+
+bench: install $(REF)/.installed $(RUST)/.installed $(SCENIC_RS)/.installed
+	$(BIN)/python benchmarks/aucell.py --ref-python $(REF)/bin/python --rustscenic-python $(RUST)/bin/python \
+		--scenic-rs-python $(SCENIC_RS)/bin/python --out BENCHMARKS.md
 	$(BIN)/python benchmarks/cistarget.py --ref-python $(REF)/bin/python --out BENCHMARKS.md
+	$(BIN)/python benchmarks/cistarget.py --ctx --ref-python $(REF)/bin/python --scenic-rs-python $(SCENIC_RS)/bin/python \
+		--out BENCHMARKS.md
 	$(BIN)/python benchmarks/database_load.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/store.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/scale.py --out BENCHMARKS.md
@@ -75,4 +85,4 @@ gpu-check-dry: install
 	$(BIN)/python benchmarks/gpu_check.py --dry --out $(or $(GPU_CHECK_OUT),benchmarks/_work/gpu-check-dry)
 
 clean:
-	rm -rf $(GPU_SITE) $(VENV) .venv-ref .venv-rustscenic build *.egg-info .pytest_cache
+	rm -rf $(GPU_SITE) $(VENV) .venv-ref .venv-rustscenic .venv-scenic-rs build *.egg-info .pytest_cache

@@ -15,6 +15,17 @@ timed and memory-measured the same way:
   or scipy CSR; it converts neither) and regulons as gene-name lists (it ignores weights).
   Building the names and the regulon dict is untimed; mapping names to columns is inside
   ``score`` and timed, as a user pays it.
+* ``--impl scenic-rs`` runs with the scenic-rs venv's python (scenic-rs 0.3.0, its own venv
+  too). Its ``scenic_rs.aucell(expr, gene_names, regulons, auc_max_rank)`` takes a dense
+  float32 cells x genes matrix and regulons as gene-name lists (unweighted, as rustscenic).
+  A CSR input is densified with ``toarray()`` INSIDE the timed call, since scenic-rs cannot
+  take it otherwise and a user holding a CSR pays it; ``densify_seconds`` reports that
+  part. Its AUC is sum over the regulon's genes ranked r < R of (R - r), over R x genes;
+  pySCENIC's is the same sum with R = round(auc_threshold x genes) - 1, over (R + 1) x
+  genes. So ``auc_max_rank`` is passed as that R (its default, ceil(0.05 x genes), counts
+  one more rank): the same ranks count with the same terms, and with the same ranking its
+  AUCs are pySCENIC's unweighted ones times (R + 1) / R. ``RAYON_NUM_THREADS`` is left as
+  found (unset: all cores) and reported.
 
 Which ``flashscenic`` was imported is checked against the expected version, so a mix-up
 of the two venvs fails loudly instead of benchmarking the wrong code.
@@ -35,6 +46,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import time
 from importlib.metadata import version
 
@@ -44,6 +56,7 @@ from _common import children_peak_mib, reset_peak_rss, status_mib
 
 
 WARMUP_CELLS = 64
+DENSIFY: list = []  # scenic-rs on a CSR: seconds of each call's toarray (inside the timing)
 
 
 def load_expression(data):
@@ -63,6 +76,29 @@ def prepare(args, X, W):
     default), and returns a float64 cells x regulons array.
     """
     versions = {"numpy": np.__version__}
+    if args.impl == "scenic-rs":
+        import scenic_rs
+
+        versions.update({"scenic-rs": version("scenic-rs"),
+                         "rayon_threads": os.environ.get("RAYON_NUM_THREADS", "unset (all cores)")})
+        genes = [f"g{j:05d}" for j in range(W.shape[1])]
+        names = [f"r{i:03d}" for i in range(W.shape[0])]
+        regulons = {name: [genes[j] for j in np.flatnonzero(row)] for name, row in zip(names, W)}
+        auc_max_rank = int(round(args.auc_threshold * W.shape[1])) - 1  # pySCENIC's rank cutoff
+        versions["auc_max_rank"] = auc_max_rank
+        sparse = not isinstance(X, np.ndarray)
+
+        def call(n_cells=None):
+            rows = X if n_cells is None else X[:n_cells]
+            if sparse:  # scenic-rs takes a dense matrix only
+                start = time.perf_counter()
+                rows = rows.toarray()
+                DENSIFY.append(time.perf_counter() - start)
+            auc = scenic_rs.aucell(rows, genes, regulons, auc_max_rank=auc_max_rank)
+            return auc[names].to_numpy(dtype=np.float64)
+
+        return call, versions
+
     if args.impl == "rustscenic":
         import rustscenic.aucell
 
@@ -125,7 +161,8 @@ def prepare(args, X, W):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--impl", required=True, choices=["flashscenic", "flashscenic-0.2.0", "pyscenic", "rustscenic"])
+    parser.add_argument("--impl", required=True, choices=["flashscenic", "flashscenic-0.2.0", "pyscenic", "rustscenic",
+                                                          "scenic-rs"])
     parser.add_argument("--data", required=True, help="input .npz")
     parser.add_argument("--out", required=True, help="where to save the result .npz")
     parser.add_argument("--repeats", type=int, default=1, help="time this many calls, report the fastest")
@@ -149,6 +186,7 @@ def main() -> None:
 
     times = []
     result = None
+    DENSIFY.clear()
     for _ in range(args.repeats):
         result = None  # free the previous repeat's output before the next call allocates its own
         start = time.perf_counter()
@@ -165,6 +203,8 @@ def main() -> None:
         "children_peak_mib": children_peak_mib(),
         "versions": versions,
     }
+    if DENSIFY:
+        report["densify_seconds"] = DENSIFY[int(np.argmin(times))]
     np.savez(args.out, auc=np.asarray(result, dtype=np.float64))
     print(json.dumps(report))
 

@@ -11,7 +11,9 @@ Called by ``benchmarks/cistarget.py``, never by hand; the same pattern as
 * ``flashscenic`` (project venv): ``CisTargetPruner(device='cpu').motif_table``.
 * ``ctxcore-loop`` (reference venv) / ``flashscenic-loop`` (project venv): one module at a
   time, no annotations: ctxcore's ``recovery`` + NES + ``leading_edge`` of the enriched
-  motifs (each motif's own curve) vs flashscenic's ``prune_single_module``.
+  motifs (each motif's own curve) vs flashscenic's ``prune_single_module`` called as its
+  documentation shows (a motifs x genes int16 tensor); ``flashscenic-loop-database``: the
+  same on a ``RankingDatabase``.
 * ``flashscenic-batch`` (project venv): the same results from one
   ``CisTargetPruner.prune_batch`` call over all the modules (no annotations).
 * ``read-flashscenic`` / ``read-pandas``: read a Feather ranking database with
@@ -184,19 +186,27 @@ def prepare_ctxcore_loop(args, case):
 
 
 def prepare_flashscenic_loop(args, case):
+    """``prune_single_module`` once a module. ``flashscenic-loop``: the documented call, a
+    motifs x genes int16 tensor and tensor gene indices, a new tensor for every timed
+    call (so its gene-major copy is made inside the timing); ``flashscenic-loop-database``:
+    a ``RankingDatabase``, whose ranks are gene-major already."""
     import torch
     from flashscenic import prune_single_module
     from flashscenic.rankdb import RankingDatabase
 
     versions = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(), "flashscenic": version("flashscenic")}
+    as_tensor = args.impl == "flashscenic-loop"
+    modules = [torch.from_numpy(index) if as_tensor else index for index in case["module_index"]]
 
     def load():
+        if as_tensor:
+            return torch.from_numpy(case["ranks"].copy())
         return RankingDatabase.from_array(case["ranks"], case["motif_names"], case["gene_names"], DB_NAME)
 
-    def prune(db, numbers):
+    def prune(rankings, numbers):
         out = []
         for k in numbers:
-            r = prune_single_module(db, case["module_index"][k], RANK_THRESHOLD, AUC_THRESHOLD, NES_THRESHOLD)
+            r = prune_single_module(rankings, modules[k], RANK_THRESHOLD, AUC_THRESHOLD, NES_THRESHOLD)
             out.append((r["aucs"].numpy(), r["nes"].numpy(), np.flatnonzero(r["enriched_mask"].numpy()),
                         r["rank_at_max"].tolist(), [np.flatnonzero(m) for m in r["leading_edge_masks"].numpy()]))
         return loop_result(out)
@@ -270,7 +280,7 @@ def run_read(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--impl", required=True, choices=["pyscenic", "flashscenic", "ctxcore-loop", "flashscenic-loop",
-                                                          "flashscenic-batch", "read-flashscenic", "read-pandas"])
+                                                          "flashscenic-loop-database", "flashscenic-batch", "read-flashscenic", "read-pandas"])
     parser.add_argument("--data", required=True, help="input .npz (a .feather for the read-* implementations)")
     parser.add_argument("--annotations", help="motif2tf .tbl (pyscenic, flashscenic)")
     parser.add_argument("--out", help="where to save the result .npz")
@@ -284,7 +294,8 @@ def main() -> None:
 
     case = load_case(args.data, args.modules)
     prepare = {"pyscenic": prepare_pyscenic, "flashscenic": prepare_flashscenic, "ctxcore-loop": prepare_ctxcore_loop,
-               "flashscenic-loop": prepare_flashscenic_loop, "flashscenic-batch": prepare_flashscenic_batch}[args.impl]
+               "flashscenic-loop": prepare_flashscenic_loop, "flashscenic-loop-database": prepare_flashscenic_loop,
+               "flashscenic-batch": prepare_flashscenic_batch}[args.impl]
     load, prune, versions = prepare(args, case)
     versions["numpy"] = np.__version__
     if versions.get("flashscenic") == "0.2.0":

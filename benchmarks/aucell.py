@@ -1,7 +1,8 @@
-"""AUCell benchmark: flashscenic vs rustscenic 0.5.1 vs pySCENIC 0.12.1 vs flashscenic 0.2.0, on the CPU.
+"""AUCell benchmark: flashscenic vs rustscenic 0.5.1 vs scenic-rs 0.3.0 vs pySCENIC 0.12.1 vs flashscenic 0.2.0, on the CPU.
 
     .venv/bin/python benchmarks/aucell.py --ref-python .venv-ref/bin/python \
-        --rustscenic-python .venv-rustscenic/bin/python [--out BENCHMARKS.md]
+        --rustscenic-python .venv-rustscenic/bin/python \
+        --scenic-rs-python .venv-scenic-rs/bin/python [--out BENCHMARKS.md]
 
 Why it is built this way:
 
@@ -13,12 +14,19 @@ Why it is built this way:
   reset once the inputs are loaded and the RSS at that point is reported too, so "peak
   over input" is what the kernel itself needed.
 * The references need their own venvs (flashscenic 0.2.0 has our package name; rustscenic
-  brings its own pins); data go to them through an ``.npz`` file and results come back
-  the same way.
+  and scenic-rs bring their own pins); data go to them through an ``.npz`` file and
+  results come back the same way.
 * Only the kernel call is timed (``time.perf_counter`` around it): no imports, no data
   generation, no conversion to a DataFrame or to signatures. rustscenic gets the float32
-  matrix as loaded (dense or CSR), which its ``score`` uses without a copy.
-* pySCENIC runs once (it is slow), as does 0.2.0; ours and rustscenic are best of
+  matrix as loaded (dense or CSR), which its ``score`` uses without a copy. scenic-rs
+  takes only a dense float32 matrix: on the CSR cases the ``toarray()`` a user must make
+  is inside its timing (and its peak), and reported apart. Both Rust peers score gene
+  lists (unweighted). scenic-rs gets ``auc_max_rank`` = pySCENIC's rank cutoff,
+  round(0.05 x genes) - 1, so the same ranks count; it normalises by that cutoff where
+  pySCENIC takes one more, so its AUCs are pySCENIC's x (cutoff + 1) / cutoff: the table
+  gives its difference as returned and after that factor. Rayon's threads are left at
+  their default (all cores, as torch's), ``RAYON_NUM_THREADS`` recorded when set.
+* pySCENIC runs once (it is slow), as does 0.2.0; ours and the Rust peers are best of
   ``--repeats``.
 * pySCENIC's result is also the correctness check: with the same seed ours must match it
   to float32 rounding (~1e-7), which the table shows. On the CSR cases it runs on the
@@ -138,8 +146,8 @@ def run_case(python: str, data: Path, workdir: Path, impl: str, **options) -> di
     return report
 
 
-def benchmark(sizes: dict, ref_python: str | None, rust_python: str | None, repeats: int,
-              workdir: Path) -> tuple[list, dict, list]:
+def benchmark(sizes: dict, ref_python: str | None, rust_python: str | None, scenic_rs_python: str | None,
+              repeats: int, workdir: Path) -> tuple[list, dict, list]:
     """Run every case; return table rows, the versions each venv reported, summary lines."""
     ours = sys.executable
     rows, versions, summary = [], {}, []
@@ -166,6 +174,12 @@ def benchmark(sizes: dict, ref_python: str | None, rust_python: str | None, repe
         results.append(("rustscenic 0.5.1 aucell.score (unweighted)", report, True))
         rust["dense"] = report["seconds"]
         versions["rustscenic"] = report["versions"]
+    scenic_rs = {}  # case -> scenic-rs seconds
+    if scenic_rs_python:
+        report = run_case(scenic_rs_python, data, workdir, "scenic-rs", repeats=repeats)
+        results.append((scenic_rs_label(report), report, True))
+        scenic_rs["dense"] = report["seconds"]
+        versions["scenic-rs"] = report["versions"]
     fast = {"dense": {}}  # case -> batch_size -> seconds with ties='pyscenic'
     for ties in ("pyscenic", "average"):
         for batch_size in (32, 256):
@@ -201,6 +215,10 @@ def benchmark(sizes: dict, ref_python: str | None, rust_python: str | None, repe
             report = run_case(rust_python, data, workdir, "rustscenic", repeats=repeats)
             results.append(("rustscenic 0.5.1 aucell.score (unweighted)", report, True))
             rust[case] = report["seconds"]
+        if scenic_rs_python:
+            report = run_case(scenic_rs_python, data, workdir, "scenic-rs", repeats=repeats)
+            results.append((scenic_rs_label(report), report, True))
+            scenic_rs[case] = report["seconds"]
         fast[case] = {}
         for batch_size in (32, 256):
             report = run_case(ours, data, workdir, "flashscenic", batch_size=batch_size, ties="pyscenic",
@@ -208,10 +226,20 @@ def benchmark(sizes: dict, ref_python: str | None, rust_python: str | None, repe
             results.append((f"flashscenic, batch_size={batch_size}, ties='pyscenic'", report, True))
             fast[case][batch_size] = report["seconds"]
         rows += table_rows(label, results, reference)
-    for case, seconds in rust.items():
-        summary.append(f"rustscenic 0.5.1 time / flashscenic time, {case} case: {ratios(seconds, fast[case])} "
-                       "(goal: >= 3x).")
+    for name, peer in (("rustscenic 0.5.1", rust), ("scenic-rs 0.3.0", scenic_rs)):
+        for case, seconds in peer.items():
+            summary.append(f"{name} time / flashscenic time, {case} case: {ratios(seconds, fast[case])} "
+                           "(goal: >= 3x).")
     return rows, versions, summary
+
+
+def scenic_rs_label(report: dict) -> str:
+    """scenic-rs's row: what it was given (a CSR case: densified inside the timing) and its rank cutoff."""
+    label = f"scenic-rs 0.3.0 aucell (unweighted, auc_max_rank={report['versions']['auc_max_rank']})"
+    if "densify_seconds" in report:
+        label += (f", given X.toarray() (dense float32), made inside the timing: "
+                  f"{number(report['densify_seconds'])} s of it")
+    return label
 
 
 def ratios(seconds: float, ours: dict) -> str:
@@ -229,6 +257,10 @@ def table_rows(case: str, results: list, reference: dict | None) -> list:
         if reference is not None and r is not reference:
             n = reference["auc"].shape[0]
             diff = f"{np.abs(r['auc'][:n] - reference['auc']).max():.1e}"
+            if r["impl"] == "scenic-rs":  # its AUC is pySCENIC's x (cutoff + 1) / cutoff
+                cutoff = r["versions"]["auc_max_rank"]
+                rescaled = np.abs(r["auc"][:n] * cutoff / (cutoff + 1) - reference["auc"]).max()
+                diff += f" (x {cutoff}/{cutoff + 1}: {rescaled:.1e})"
         memory = f"{r['peak_mib']:,.0f}"
         if r["children_peak_mib"]:
             memory += f" (largest worker: {r['children_peak_mib']:,.0f})"
@@ -249,11 +281,15 @@ def markdown(rows: list, versions: dict, summary: list, sizes: dict, info: dict,
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     ours, ref, rust = versions.get("ours", {}), versions.get("reference"), versions.get("rustscenic")
+    scenic_rs = versions.get("scenic-rs")
     refs = (f"pySCENIC {ref['pyscenic']}, ctxcore {ref['ctxcore']}, flashscenic {ref['flashscenic']} "
             f"(its own venv: numpy {ref['numpy']}, pandas {ref['pandas']}, torch {ref['torch']})"
             if ref else "pySCENIC and flashscenic 0.2.0 not run (no --ref-python)")
     refs += (f"; rustscenic {rust['rustscenic']} (its own venv: numpy {rust['numpy']})" if rust
              else "; rustscenic not run (no --rustscenic-python)")
+    refs += (f"; scenic-rs {scenic_rs['scenic-rs']} (its own venv: numpy {scenic_rs['numpy']}; "
+             f"RAYON_NUM_THREADS {scenic_rs['rayon_threads']})" if scenic_rs
+             else "; scenic-rs not run (no --scenic-rs-python)")
     return "\n".join([
         "## AUCell",
         "",
@@ -273,7 +309,7 @@ def markdown(rows: list, versions: dict, summary: list, sizes: dict, info: dict,
         f"({sizes['atlas'][3]}..{sizes['atlas'][4]} in the atlas-like case), weights uniform in (0.01, 1). "
         "Seconds: the kernel call "
         "only, after an untimed warm-up call on 64 cells (numba JIT, torch library loading) "
-        f" (flashscenic and rustscenic: best of {repeats}; pySCENIC and flashscenic 0.2.0: one run). "
+        f" (flashscenic, rustscenic and scenic-rs: best of {repeats}; pySCENIC and flashscenic 0.2.0: one run). "
         "Every row runs in a fresh process: peak RSS is that process's peak resident set (VmHWM) "
         "while the kernel runs (reset after the inputs are loaded, so it includes the inputs but not "
         "the transient copies made reading them); peak over input is peak RSS minus the RSS just "
@@ -282,7 +318,12 @@ def markdown(rows: list, versions: dict, summary: list, sizes: dict, info: dict,
         "on the same case. ties='average' is the expected AUC over random tie order, so it "
         "differs from pySCENIC's seeded tie order by design; flashscenic 0.2.0 breaks ties "
         "with random noise, so it differs too; rustscenic ignores regulon weights and breaks ties "
-        "by gene index, so it differs as well. On the CSR cases pySCENIC scores the first "
+        "by gene index, so it differs as well, and so does scenic-rs (gene lists, ties by gene index). scenic-rs "
+        "gets auc_max_rank = round(0.05 x genes) - 1, pySCENIC's rank cutoff (its default, ceil(0.05 x genes), "
+        "counts one rank more); it divides by that cutoff where pySCENIC divides by the cutoff + 1, so its "
+        "difference is given as returned and, in brackets, after multiplying by cutoff / (cutoff + 1). It takes "
+        "only a dense float32 matrix: on the CSR cases it is given `X.toarray()`, made inside its timing and "
+        "its peak (a user holding a CSR must make it; the row says how long it took). On the CSR cases pySCENIC scores the first "
         f"{CHECK_CELLS['sparse']:,} (atlas-like: {CHECK_CELLS['atlas']:,}) cells, densified, as the check, "
         "and every difference is taken on those cells; its time is not comparable. pySCENIC's forked workers share its "
         "rankings copy-on-write; their peaks are listed but not added.",
@@ -298,20 +339,23 @@ def main() -> None:
     parser.add_argument("--ref-python", help="python of the reference venv (pyscenic 0.12.1, flashscenic 0.2.0); "
                         "references are skipped when absent")
     parser.add_argument("--rustscenic-python", help="python of a venv with rustscenic 0.5.1; skipped when absent")
+    parser.add_argument("--scenic-rs-python", help="python of a venv with scenic-rs 0.3.0; skipped when absent")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not a measurement")
-    parser.add_argument("--repeats", type=int, default=3, help="flashscenic and rustscenic timings: best of this many")
+    parser.add_argument("--repeats", type=int, default=3, help="flashscenic, rustscenic and scenic-rs timings: "
+                        "best of this many")
     parser.add_argument("--out", type=Path, help="markdown file whose '## AUCell' section to write or replace")
     args = parser.parse_args()
 
     ref_python = optional_python(args.ref_python, "--ref-python", "pySCENIC and flashscenic 0.2.0")
     rust_python = optional_python(args.rustscenic_python, "--rustscenic-python", "rustscenic")
+    scenic_rs_python = optional_python(args.scenic_rs_python, "--scenic-rs-python", "scenic-rs")
 
     command = command_line()
     (HERE / "_work").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=HERE / "_work") as tmp:
         sizes = QUICK if args.quick else FULL
         info = machine()
-        rows, versions, summary = benchmark(sizes, ref_python, rust_python, args.repeats, Path(tmp))
+        rows, versions, summary = benchmark(sizes, ref_python, rust_python, scenic_rs_python, args.repeats, Path(tmp))
 
     section = markdown(rows, versions, summary, sizes, info, command, args.repeats)
     print("\n" + section)
