@@ -54,7 +54,6 @@ import argparse
 import datetime
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -431,14 +430,11 @@ def best_of(reports: list) -> dict:
 
 def motif_rows(path: Path) -> dict:
     """A reg.csv's rows keyed (TF, MotifID, Context labels, Database): one row per module and motif.
-
-    pySCENIC 0.12.1 under numpy 2 writes TargetGenes weights as ``np.float64(2.4)`` (the repr
-    of numpy 2 scalars; its own ``load_motifs`` evals them): those become plain numbers first."""
+    (pySCENIC 0.12.1 under numpy 2 writes its weights as ``np.float64(2.4)``, which
+    ``read_motifs_csv`` reads.)"""
     from flashscenic.regulons import read_motifs_csv
 
-    plain = path.with_suffix(".plain.csv")
-    plain.write_text(re.sub(r"np\.float64\(([^()]*)\)", r"\1", path.read_text()))
-    table = read_motifs_csv(plain)
+    table = read_motifs_csv(path)
     return {(r.TF, r.MotifID, frozenset(r.Context), r.Database): r for r in table.itertuples()}
 
 

@@ -41,19 +41,21 @@ class Executor(Protocol):
         """Release what the executor started (never a client or cluster it was given)."""
 
 
+# The protocol's members, read from it: its attributes, then its methods.
+_MEMBERS = tuple(Executor.__annotations__) + tuple(
+    name for name, value in vars(Executor).items() if callable(value) and not name.startswith("_"))
+_ABSENT = object()
+
+
 def is_executor(value) -> bool:
     """Whether ``value`` has the ``Executor`` members, looked up without reading them:
     ``isinstance(value, Executor)`` reads every one on Python 3.11, and a starting
     cluster's ``name`` and ``slots`` wait for its workers."""
-    members = ("name", "remote", "slots", "share", "map", "stage", "close")
     if isinstance(value, type):
         return False
     if hasattr(type(value), "__getattr__"):  # a proxy: its members exist only when asked for
-        return all(hasattr(value, m) for m in members)
-    return all(inspect.getattr_static(value, m, _ABSENT) is not _ABSENT for m in members)
-
-
-_ABSENT = object()
+        return all(hasattr(value, m) for m in _MEMBERS)
+    return all(inspect.getattr_static(value, m, _ABSENT) is not _ABSENT for m in _MEMBERS)
 
 
 class InProcessExecutor:
